@@ -1,0 +1,59 @@
+# vaeserve: every target sets up what it needs, so a fresh clone with Python 3.11 and pip is enough.
+#   make test    all Python tests (creates .venv with the four distributions, editable)
+#   make serve   serve the bundled digits model (creates .venv-server: api + server only, no torch)
+PYTHON ?= python3
+VENV ?= .venv
+SERVER_VENV ?= .venv-server
+PIP_FLAGS ?= -q --disable-pip-version-check -c constraints.txt
+ARGS ?=
+
+DISTS := proto server client training
+DEV_STAMP := $(VENV)/.installed
+SERVER_STAMP := $(SERVER_VENV)/.installed
+
+.PHONY: test serve venv proto check-proto models bench test-compose base-image clean
+
+$(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install $(PIP_FLAGS) $(foreach d,$(DISTS),-e ./$(d)) -r requirements-dev.txt
+	@touch $@
+
+$(SERVER_STAMP): constraints.txt proto/pyproject.toml server/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
+	$(SERVER_VENV)/bin/pip install $(PIP_FLAGS) ./proto ./server
+	@touch $@
+
+venv: $(DEV_STAMP)
+
+test: $(DEV_STAMP)
+	$(VENV)/bin/python -m pytest $(ARGS)
+
+serve: $(SERVER_STAMP)
+	$(SERVER_VENV)/bin/vaeserve-server $(ARGS)
+
+# Regenerate the gRPC stubs after editing proto/vaeserve/api/v1/vae.proto (a test checks they are current).
+proto: $(DEV_STAMP)
+	cd proto && ../$(VENV)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+		--mypy_out=. --mypy_grpc_out=. vaeserve/api/v1/vae.proto
+
+# Retrain the bundled models (the commands documented in the README).
+models: $(DEV_STAMP)
+	$(VENV)/bin/vaeserve-train train digits --out models/digits
+	$(VENV)/bin/vaeserve-train train mnist5k --out models/mnist5k
+	$(VENV)/bin/vaeserve-train train breast-cancer --out models/breast-cancer
+
+bench: $(DEV_STAMP)
+	$(VENV)/bin/python -m bench $(ARGS)
+
+base-image:
+	docker/build-base-image.sh
+
+test-compose: $(DEV_STAMP)
+	$(VENV)/bin/python -m pytest -m compose tests/compose $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(SERVER_VENV) .pytest_cache

@@ -1,0 +1,48 @@
+"""vaeserve.client: a typed Python client for vaeserve (numpy in, numpy out) and the `vaeserve` command line.
+
+    from vaeserve.client import Client
+
+    with Client("localhost:50051") as client:
+        info = client.info()
+        scores = client.score(images, k=1000)   # per input: ELBO, log p(x) +- se, ESS, anomaly percentile
+
+Errors are raised as `VaeServeError` subclasses that keep the server's status code and message.
+"""
+
+from vaeserve.client._aio import AsyncClient
+from vaeserve.client._channel import TlsConfig
+from vaeserve.client._client import Client
+from vaeserve.client._errors import (
+    AuthenticationError,
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    ServerError,
+    UnavailableError,
+    VaeServeError,
+)
+from vaeserve.client._results import Decoded, Encoded, InputScore, ModelInfo, Sampled, Scores, ServedBy
+
+__all__ = [
+    "AsyncClient",
+    "AuthenticationError",
+    "CancelledError",
+    "Client",
+    "DeadlineExceededError",
+    "Decoded",
+    "Encoded",
+    "InputScore",
+    "InvalidArgumentError",
+    "ModelInfo",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "Sampled",
+    "Scores",
+    "ServedBy",
+    "ServerError",
+    "TlsConfig",
+    "UnavailableError",
+    "VaeServeError",
+]

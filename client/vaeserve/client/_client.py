@@ -1,0 +1,166 @@
+"""The synchronous client: one method per RPC, numpy in, typed results out."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from vaeserve.api.v1 import vae_pb2 as pb
+from vaeserve.api.v1 import vae_pb2_grpc
+from vaeserve.client import _convert as cv
+from vaeserve.client._channel import ChannelConfig, TlsConfig
+from vaeserve.client._errors import from_rpc_error
+from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
+
+__all__ = ["Client", "batches"]
+
+T = TypeVar("T")
+Progress = Callable[[int, int], None]  # (inputs done, inputs in all)
+
+
+def batches(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most `size` rows covering n rows."""
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {size}")
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class Client:
+    """A vaeserve client. Large arrays are split into requests of `batch_size` inputs and the results joined
+    in order; since a seeded result depends only on (input, K, seed), batching changes no number.
+
+    >>> with Client("localhost:50051") as client:
+    ...     scores = client.score(images, k=1000)
+    ...     scores.log_px, scores.log_px_se, scores.percentile
+    """
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 60.0, batch_size: int = 1024,
+                 concurrency: int = 2, model: str | None = None, version: str | None = None,
+                 tls: TlsConfig | None = None, retries: int = 3, round_robin: bool = False,
+                 max_message_mb: int = 64) -> None:
+        self.config = ChannelConfig(target=target, tls=tls, retries=retries, round_robin=round_robin,
+                                    max_message_mb=max_message_mb)
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self.concurrency = max(1, concurrency)
+        self._spec = cv.model_spec(model, version)
+        self._channel = self.config.channel()
+        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.config.target) from None
+
+    def _batched(self, method: Any, requests: list[Any], parse: Callable[[Any], T],
+                 progress: Progress | None, sizes: list[int]) -> list[T]:
+        """Sends requests with up to `concurrency` in flight; results in request order."""
+        pending: deque[Any] = deque()
+        results: list[T] = []
+        total, done = sum(sizes), 0
+
+        def collect() -> None:
+            nonlocal done
+            results.append(parse(pending.popleft().result()))
+            done += sizes[len(results) - 1]
+            if progress:
+                progress(done, total)
+
+        try:
+            for request in requests:
+                pending.append(method.future(request, timeout=self.timeout))
+                if len(pending) >= self.concurrency:
+                    collect()
+            while pending:
+                collect()
+        except grpc.RpcError as exc:
+            for future in pending:
+                future.cancel()
+            raise from_rpc_error(exc, self.config.target) from None
+        return results
+
+    def info(self) -> ModelInfo:
+        return cv.model_info(self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(model=self._spec)))
+
+    def health(self, service: str = "", timeout: float | None = 5.0) -> str:
+        """The standard gRPC health status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN."""
+        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def encode(self, x: npt.ArrayLike, *, n_samples: int = 0, seed: int | None = None, resample: bool = False,
+               proposals: int | None = None) -> Encoded:
+        """Posterior mean and log-variance per input; n_samples draws from q(z|x) (or resampled toward p(z|x))."""
+        x = np.asarray(x)
+        parts = batches(len(x), self.batch_size)
+        requests = [cv.encode_request(x[s], self._spec, n_samples=n_samples, seed=seed, resample=resample,
+                                      proposals=proposals) for s in parts]
+        return concat(self._batched(self._stub.Encode, requests, cv.encoded, None, [s.stop - s.start for s in parts]))
+
+    def decode(self, z: npt.ArrayLike, *, sample: bool = False, seed: int | None = None) -> Decoded:
+        """Parameters of p(x|z); with sample, also x ~ p(x|z) (row i uses row i of the seed's noise, so one request)."""
+        z = np.asarray(z, dtype=np.float32)
+        parts = [slice(0, len(z))] if sample else batches(len(z), self.batch_size)
+        requests = [cv.decode_request(z[s], self._spec, sample=sample, seed=seed) for s in parts]
+        return concat(self._batched(self._stub.Decode, requests, cv.decoded, None, [s.stop - s.start for s in parts]))
+
+    def sample(self, n: int, *, seed: int | None = None, sample_x: bool = False) -> Sampled:
+        """z ~ N(0, I), decoded; with sample_x, also x ~ p(x|z)."""
+        return cv.sampled(self._call(self._stub.Sample, cv.sample_request(n, self._spec, seed=seed, sample_x=sample_x)))
+
+    def score(self, x: npt.ArrayLike, *, k: int | None = None, seed: int | None = None, prior_estimate: bool = False,
+              per_dim: bool = False, reconstruction: bool = False, threshold_quantile: float | None = None,
+              skip_anomaly: bool = False, progress: Progress | None = None) -> Scores:
+        """ELBO, IWAE log p(x) with standard error and ESS, and anomaly score and percentile, per input."""
+        x = np.asarray(x)
+        parts = batches(len(x), self.batch_size)
+        requests = [cv.score_request(x[s], self._spec, k=k, seed=seed, prior_estimate=prior_estimate,
+                                     per_dim=per_dim, reconstruction=reconstruction,
+                                     threshold_quantile=threshold_quantile, skip_anomaly=skip_anomaly)
+                    for s in parts]
+        return concat(self._batched(self._stub.Score, requests, cv.scores, progress, [s.stop - s.start for s in parts]))
+
+    def score_stream(self, x: npt.ArrayLike | Iterable[npt.ArrayLike], *, k: int | None = None,
+                     seed: int | None = None, skip_anomaly: bool = False, threshold_quantile: float | None = None,
+                     progress: Progress | None = None) -> Iterator[Scores]:
+        """Scores a large data set over one ScoreStream call: yields one Scores per batch, in order.
+
+        `x` is an array (split into `batch_size` rows) or an iterable of arrays (sent as they come).
+        """
+        chunks: Iterable[np.ndarray]
+        total = 0
+        if isinstance(x, np.ndarray):
+            array = x
+            chunks = (array[s] for s in batches(len(array), self.batch_size))
+            total = len(array)
+        else:
+            chunks = (np.asarray(c) for c in x)  # type: ignore[union-attr]
+        requests = (cv.score_request(c, self._spec, k=k, seed=seed, prior_estimate=False, per_dim=False,
+                                     reconstruction=False, threshold_quantile=threshold_quantile,
+                                     skip_anomaly=skip_anomaly) for c in chunks)
+        done = 0
+        try:
+            for reply in self._stub.ScoreStream(requests, timeout=None):
+                result = cv.scores(reply)
+                done += len(result)
+                if progress:
+                    progress(done, total)
+                yield result
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.config.target) from None

@@ -1,0 +1,122 @@
+"""Requests from Python arguments and typed results from replies, shared by the sync and async clients."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from vaeserve.api import codec
+from vaeserve.api.manifest import Manifest
+from vaeserve.api.v1 import vae_pb2 as pb
+from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, ServedBy
+
+_LIKELIHOOD = {pb.LIKELIHOOD_BERNOULLI: "bernoulli", pb.LIKELIHOOD_GAUSSIAN: "gaussian"}
+
+
+def served_by(header: pb.ReplyHeader) -> ServedBy:
+    return ServedBy(header.model_name, header.model_version, header.replica_id)
+
+
+def _opt(tensor: pb.Tensor, present: bool) -> np.ndarray | None:
+    return codec.from_proto(tensor) if present else None
+
+
+def model_spec(model: str | None, version: str | None) -> pb.ModelSpec:
+    return pb.ModelSpec(name=model or "", version=version or "")
+
+
+def model_info(reply: pb.GetModelInfoResponse) -> ModelInfo:
+    limits, defaults = reply.limits, reply.defaults
+    return ModelInfo(
+        name=reply.header.model_name, version=reply.header.model_version, input_shape=tuple(reply.input_shape),
+        latent_dim=reply.latent_dim, likelihood=_LIKELIHOOD.get(reply.likelihood, "unknown"),
+        manifest=Manifest.model_validate_json(reply.manifest_json), execution_provider=reply.execution_provider,
+        limits={"max_batch": limits.max_batch, "max_k": limits.max_k, "max_samples": limits.max_samples,
+                "max_in_flight": limits.max_in_flight, "max_message_bytes": limits.max_message_bytes},
+        defaults={"k": defaults.k, "seed": defaults.seed, "threshold_quantile": defaults.threshold_quantile},
+        server_version=reply.server_version, served_by=served_by(reply.header),
+    )
+
+
+def encode_request(x: npt.ArrayLike, spec: pb.ModelSpec, *, n_samples: int, seed: int | None, resample: bool,
+                   proposals: int | None) -> pb.EncodeRequest:
+    request = pb.EncodeRequest(model=spec, x=codec.to_proto(np.asarray(x)), n_samples=n_samples,
+                               sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED if resample else 0)
+    if seed is not None:
+        request.seed = seed
+    if proposals is not None:
+        request.proposals = proposals
+    return request
+
+
+def encoded(reply: pb.EncodeResponse) -> Encoded:
+    return Encoded(z_mean=codec.from_proto(reply.z_mean), z_logvar=codec.from_proto(reply.z_logvar),
+                   z_samples=_opt(reply.z_samples, reply.HasField("z_samples")),
+                   ess=_opt(reply.ess, reply.HasField("ess")), seed=reply.seed, served_by=served_by(reply.header))
+
+
+def decode_request(z: npt.ArrayLike, spec: pb.ModelSpec, *, sample: bool, seed: int | None) -> pb.DecodeRequest:
+    request = pb.DecodeRequest(model=spec, z=codec.to_proto(np.asarray(z, dtype=np.float32)), sample=sample)
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+def _params(decoded: pb.Decoded) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    params = {name: codec.from_proto(t) for name, t in decoded.params.items()}
+    return params, _opt(decoded.x_sample, decoded.HasField("x_sample"))
+
+
+def decoded(reply: pb.DecodeResponse) -> Decoded:
+    params, x_sample = _params(reply.decoded)
+    return Decoded(params=params, x_sample=x_sample, seed=reply.seed, served_by=served_by(reply.header))
+
+
+def sample_request(n: int, spec: pb.ModelSpec, *, seed: int | None, sample_x: bool) -> pb.SampleRequest:
+    request = pb.SampleRequest(model=spec, n=n, sample_x=sample_x)
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+def sampled(reply: pb.SampleResponse) -> Sampled:
+    params, x_sample = _params(reply.decoded)
+    return Sampled(z=codec.from_proto(reply.z), params=params, x_sample=x_sample, seed=reply.seed,
+                   served_by=served_by(reply.header))
+
+
+def score_request(x: npt.ArrayLike, spec: pb.ModelSpec, *, k: int | None, seed: int | None, prior_estimate: bool,
+                  per_dim: bool, reconstruction: bool, threshold_quantile: float | None,
+                  skip_anomaly: bool) -> pb.ScoreRequest:
+    request = pb.ScoreRequest(model=spec, x=codec.to_proto(np.asarray(x)), prior_estimate=prior_estimate,
+                              per_dim=per_dim, reconstruction=reconstruction, skip_anomaly=skip_anomaly)
+    if k is not None:
+        request.k = k
+    if seed is not None:
+        request.seed = seed
+    if threshold_quantile is not None:
+        request.threshold_quantile = threshold_quantile
+    return request
+
+
+def scores(reply: pb.ScoreResponse) -> Scores:
+    t = codec.from_proto
+    has_prior = reply.HasField("prior_log_px")
+    has_anomaly = reply.HasField("anomaly")
+    a = reply.anomaly
+    return Scores(
+        k=reply.k, seed=reply.seed, elbo=t(reply.elbo), elbo_se=t(reply.elbo_se),
+        reconstruction_term=t(reply.reconstruction_term), kl=t(reply.kl),
+        expected_log_joint=t(reply.expected_log_joint), entropy=t(reply.entropy), log_px=t(reply.log_px),
+        log_px_se=t(reply.log_px_se), ess=t(reply.ess), bits_per_dim=t(reply.bits_per_dim), gap=t(reply.gap),
+        gap_se=t(reply.gap_se),
+        prior_log_px=t(reply.prior_log_px) if has_prior else None,
+        prior_log_px_se=t(reply.prior_log_px_se) if has_prior else None,
+        prior_ess=t(reply.prior_ess) if has_prior else None,
+        anomaly_score=t(a.score) if has_anomaly else None, percentile=t(a.percentile) if has_anomaly else None,
+        is_anomaly=t(a.is_anomaly) if has_anomaly else None, threshold=a.threshold if has_anomaly else None,
+        anomaly_k=a.k if has_anomaly else None,
+        per_dim=_opt(reply.per_dim, reply.HasField("per_dim")),
+        reconstruction=_opt(reply.reconstruction, reply.HasField("reconstruction")),
+        served_by=served_by(reply.header),
+    )

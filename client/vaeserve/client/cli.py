@@ -1,0 +1,306 @@
+"""`vaeserve`: the command line for a running vaeserve server."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vaeserve.client._channel import TlsConfig
+from vaeserve.client._client import Client
+from vaeserve.client._errors import VaeServeError
+from vaeserve.client._results import ModelInfo, Scores, concat
+from vaeserve.client.files import DataFileError, read_array
+from vaeserve.client.images import anomaly_panel, save_grid
+from vaeserve.client.tables import format_table
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vaeserve", description=__doc__)
+    p.add_argument("--target", default="localhost:50051", help="server address host:port, or dns:///name:port")
+    p.add_argument("--timeout", type=float, default=300.0, help="deadline per call in seconds")
+    p.add_argument("--round-robin", action="store_true", help="spread calls over every address of the target")
+    p.add_argument("--tls-ca", type=Path, help="PEM CA bundle to verify the server (enables TLS)")
+    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
+    p.add_argument("--tls-server-name", help="name expected in the server certificate")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="the served model's metadata")
+    info.add_argument("--json", action="store_true", help="print the manifest and serving info as JSON")
+
+    sub.add_parser("health", help="standard gRPC health check; exit status 0 only when SERVING")
+
+    enc = sub.add_parser("encode", help="posterior mean and log-variance of each input -> .npy files")
+    enc.add_argument("file", type=Path, help="inputs in raw units: .npy, .csv or MNIST IDX")
+    enc.add_argument("--out", help="output prefix (default: FILE's stem + '_z'); writes PREFIX_mean.npy ...")
+    enc.add_argument("--samples", type=int, default=0, help="also draw this many z per input")
+    enc.add_argument("--resample", action="store_true", help="importance-resample the draws toward p(z|x)")
+    enc.add_argument("--seed", type=int)
+    enc.add_argument("--label-column", help="CSV column to drop (labels)")
+
+    dec = sub.add_parser("decode", help="latents -> parameters of p(x|z) as .npy files (and a PNG for images)")
+    dec.add_argument("file", type=Path, help="latents [N, L] as .npy or .csv")
+    dec.add_argument("--out", help="output prefix (default: FILE's stem + '_x'); writes PREFIX_<param>.npy")
+    dec.add_argument("--sample", action="store_true", help="also draw x ~ p(x|z)")
+    dec.add_argument("--seed", type=int)
+    dec.add_argument("--png", type=Path, help="picture of the decoded means (image models)")
+
+    smp = sub.add_parser("sample", help="z ~ N(0, I), decoded")
+    smp.add_argument("-n", type=int, default=64)
+    smp.add_argument("--seed", type=int)
+    smp.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing its mean")
+    smp.add_argument("--png", type=Path, help="grid picture (image models)")
+    smp.add_argument("--out", type=Path, help="samples in raw units as .npy or .csv")
+
+    sc = sub.add_parser("score", help="ELBO, log p(x) +- se, ESS and anomaly percentile per input")
+    sc.add_argument("file", type=Path, help="inputs in raw units: .npy, .csv or MNIST IDX")
+    sc.add_argument("--k", type=int, help="importance samples per input (default: the server's)")
+    sc.add_argument("--seed", type=int)
+    sc.add_argument("--threshold-quantile", type=float, help="flag scores above this calibration quantile")
+    sc.add_argument("--batch-size", type=int, default=256, help="inputs per request")
+    sc.add_argument("--stream", action="store_true", help="use the ScoreStream RPC (one call for the file)")
+    sc.add_argument("--out", type=Path, help="per-input results as CSV")
+    sc.add_argument("--label-column", help="CSV column to drop (labels)")
+    sc.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    ex = sub.add_parser("explain", help="input, reconstruction and per-pixel anomaly map per input (images)")
+    ex.add_argument("file", type=Path)
+    ex.add_argument("--png", type=Path, required=True)
+    ex.add_argument("--rows", type=int, default=8, help="how many inputs (from --start)")
+    ex.add_argument("--start", type=int, default=0)
+    ex.add_argument("--k", type=int)
+    ex.add_argument("--seed", type=int)
+    return p
+
+
+def _client(args: argparse.Namespace, **kw: Any) -> Client:
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = TlsConfig(ca_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key,
+                        server_name=args.tls_server_name)
+    return Client(args.target, timeout=args.timeout, tls=tls, round_robin=args.round_robin, **kw)
+
+
+def _info(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.info()
+    if args.json:
+        print(json.dumps({"manifest": info.manifest.model_dump(mode="json"), "execution_provider": info.execution_provider,
+                          "limits": info.limits, "defaults": info.defaults, "replica": info.served_by.replica,
+                          "server_version": info.server_version}, indent=2))
+        return 0
+    print(format_table(["", ""], _info_rows(info), title=f"{args.target}: {info.name}:{info.version}"))
+    return 0
+
+
+def _info_rows(info: ModelInfo) -> list[tuple[str, str]]:
+    m = info.manifest
+    rows = [("input shape", " x ".join(map(str, info.input_shape))), ("latent dim", str(info.latent_dim)),
+            ("likelihood", info.likelihood), ("execution provider", info.execution_provider),
+            ("replica", info.served_by.replica),
+            ("limits", ", ".join(f"{k} {v}" for k, v in info.limits.items())),
+            ("defaults", f"K {info.defaults['k']}, seed {info.defaults['seed']}, "
+                         f"threshold quantile {info.defaults['threshold_quantile']}")]
+    if m.training:
+        t = m.training
+        rows += [("trained on", f"{t.dataset}{f' classes {t.classes}' if t.classes else ''}: {t.n_train} inputs, "
+                                f"{t.epochs} epochs"),
+                 ("test ELBO", f"{t.test_elbo.value:.3f} ± {t.test_elbo.se:.3f} nats"),
+                 (f"test log p(x), K={t.test_iwae.k}", f"{t.test_iwae.value:.3f} ± {t.test_iwae.se:.3f} nats")]
+    if m.calibration:
+        c = m.calibration
+        q = np.quantile(c.scores, [0.5, 0.99])
+        rows.append(("calibration", f"{len(c.scores)} scores of {c.dataset}, {c.estimator} K={c.k}, "
+                                    f"median {q[0]:.2f}, 99th pct {q[1]:.2f}"))
+    return rows
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _client(args, retries=0) as client:
+        status = client.health()
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _encode(args: argparse.Namespace) -> int:
+    x, _ = read_array(args.file, label_column=args.label_column)
+    with _client(args) as client:
+        result = client.encode(x, n_samples=args.samples, seed=args.seed, resample=args.resample)
+    prefix = args.out or f"{args.file.with_suffix('')}_z"
+    outputs = {"mean": result.z_mean, "logvar": result.z_logvar, "samples": result.z_samples, "ess": result.ess}
+    for name, value in outputs.items():
+        if value is not None:
+            np.save(f"{prefix}_{name}.npy", value)
+            print(f"wrote {prefix}_{name}.npy {value.shape}")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    z, _ = read_array(args.file)
+    with _client(args) as client:
+        info = client.info()
+        result = client.decode(z, sample=args.sample, seed=args.seed)
+    prefix = args.out or f"{args.file.with_suffix('')}_x"
+    for name, value in {**result.params, "sample": result.x_sample}.items():
+        if value is not None:
+            np.save(f"{prefix}_{name}.npy", value)
+            print(f"wrote {prefix}_{name}.npy {value.shape}")
+    if args.png:
+        _picture(info, result.params, args.png)
+    return 0
+
+
+def _picture(info: ModelInfo, params: dict[str, np.ndarray], path: Path) -> None:
+    if info.manifest.image is None:
+        raise DataFileError(f"{path}: the served model is not an image model; write .npy or .csv instead")
+    images = params["probs" if "probs" in params else "mean"]
+    save_grid(images.reshape(len(images), *info.input_shape), path, columns=8)
+    print(f"wrote {path}")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.info()
+        result = client.sample(args.n, seed=args.seed, sample_x=args.draw)
+    shown = {"probs": result.x_sample} if args.draw and result.x_sample is not None else result.params
+    if args.png:
+        _picture(info, shown, args.png)
+    if args.out or not args.png:
+        model_space = shown["probs" if "probs" in shown else "mean"]
+        raw = info.manifest.preprocessing.invert(model_space.reshape(len(model_space), -1))
+        out = args.out or Path("samples.npy")
+        if out.suffix == ".csv":
+            np.savetxt(out, raw, delimiter=",", fmt="%.6g")
+        else:
+            np.save(out, raw.reshape(model_space.shape))
+        print(f"wrote {out} ({len(raw)} samples in raw units)")
+    return 0
+
+
+class _Progress:
+    """A one-line progress report on stderr for long files."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.started = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled:
+            rate = done / max(time.perf_counter() - self.started, 1e-9)
+            of = f"/{total}" if total else ""
+            print(f"\rscored {done}{of} inputs ({rate:.1f}/s)", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def _score(args: argparse.Namespace) -> int:
+    x, _ = read_array(args.file, label_column=args.label_column)
+    progress = _Progress(len(x) > args.batch_size)
+    started = time.perf_counter()
+    with _client(args, batch_size=args.batch_size) as client:
+        if args.stream:
+            scores = concat(list(client.score_stream(x, k=args.k, seed=args.seed, progress=progress,
+                                                     threshold_quantile=args.threshold_quantile)))
+        else:
+            scores = client.score(x, k=args.k, seed=args.seed, threshold_quantile=args.threshold_quantile,
+                                  progress=progress)
+    seconds = time.perf_counter() - started
+    progress.close()
+    if args.out:
+        _write_csv(scores, args.out)
+    summary = _summary(scores, seconds)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        rows = [(k, v) for k, v in summary.items()]
+        print(format_table(["", ""], rows, title=f"scored {args.file} with {scores.served_by.model}:"
+                                                 f"{scores.served_by.version}"))
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def _summary(scores: Scores, seconds: float) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "inputs": len(scores), "K": scores.k, "seed": scores.seed,
+        "mean log p(x)": round(float(scores.log_px.mean()), 4),
+        "mean ELBO": round(float(scores.elbo.mean()), 4),
+        "median se of log p(x)": round(float(np.nanmedian(scores.log_px_se)), 4) if scores.k > 1 else None,
+        "seconds": round(seconds, 3), "inputs/s": round(len(scores) / max(seconds, 1e-9), 1),
+    }
+    if scores.is_anomaly is not None:
+        summary["flagged"] = int(scores.is_anomaly.sum())
+        summary["threshold (-log p(x))"] = round(float(scores.threshold or 0.0), 4)
+    return summary
+
+
+def _write_csv(scores: Scores, path: Path) -> None:
+    columns = scores.columns()
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", *columns])
+        for i in range(len(scores)):
+            writer.writerow([i, *(_cell(values[i]) for values in columns.values())])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    return f"{float(value):.6g}"
+
+
+def _explain(args: argparse.Namespace) -> int:
+    x, _ = read_array(args.file)
+    rows = x[args.start:args.start + args.rows]
+    if not len(rows):
+        raise DataFileError(f"{args.file}: no inputs from index {args.start}")
+    with _client(args) as client:
+        info = client.info()
+        if info.manifest.image is None:
+            raise DataFileError("explain draws images; the served model is not an image model")
+        scores = client.score(rows, k=args.k, seed=args.seed, per_dim=True, reconstruction=True)
+    shape = (len(rows), *info.input_shape)
+    inputs = info.manifest.preprocessing.apply(rows.reshape(len(rows), -1)).reshape(shape)
+    captions = []
+    for i, s in enumerate(scores):
+        line = f"#{args.start + i}  log p(x) {s.log_px:.1f} ± {s.log_px_se:.2f}"
+        if s.anomaly_score is not None:
+            flag = "  ANOMALY" if s.is_anomaly else ""
+            line += f"\nscore {s.anomaly_score:.1f}, percentile {s.percentile:.1f}{flag}"
+        captions.append(line)
+    assert scores.reconstruction is not None and scores.per_dim is not None
+    anomaly_panel(inputs, scores.reconstruction.reshape(shape), scores.per_dim, captions, args.png)
+    print(f"wrote {args.png}: input | reconstruction | anomaly map (red: unlikely pixels), {len(rows)} rows")
+    return 0
+
+
+_COMMANDS = {"info": _info, "health": _health, "encode": _encode, "decode": _decode, "sample": _sample,
+             "score": _score, "explain": _explain}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except VaeServeError as exc:
+        print(f"vaeserve: {exc}", file=sys.stderr)
+        return 1
+    except (DataFileError, OSError) as exc:
+        print(f"vaeserve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The one numpy <-> wire tensor codec, used by the client and the server alike.
+
+A tensor on the wire is a dtype, a shape and raw little-endian bytes in C order
+(never ``repeated float``: raw bytes are about 18 times cheaper to encode and decode).
+``from_proto`` checks everything a peer could get wrong before any number is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from vaeserve.api.v1 import vae_pb2
+
+__all__ = ["TensorError", "from_proto", "to_proto"]
+
+_NUMPY_OF: dict[int, np.dtype] = {
+    vae_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    vae_pb2.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    vae_pb2.DATA_TYPE_UINT8: np.dtype("u1"),
+    vae_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
+    vae_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
+    vae_pb2.DATA_TYPE_BOOL: np.dtype("?"),
+}
+_WIRE_OF: dict[str, int] = {dt.str.lstrip("<|"): code for code, dt in _NUMPY_OF.items()}
+
+
+class TensorError(ValueError):
+    """A tensor is malformed or does not have the dtype or shape that was expected."""
+
+
+def _wire_name(code: int) -> str:
+    return vae_pb2.DataType.Name(code) if code in vae_pb2.DataType.values() else f"unknown dtype {code}"
+
+
+def to_proto(array: npt.ArrayLike) -> vae_pb2.Tensor:
+    """Encodes an array; refuses dtypes that have no wire form (complex, object, strings)."""
+    arr = np.asarray(array)
+    code = _WIRE_OF.get(arr.dtype.str.lstrip("<>|="))
+    if code is None:
+        raise TensorError(f"dtype {arr.dtype} cannot be sent; use float32, float64, uint8, int32, int64 or bool")
+    wire = np.ascontiguousarray(arr, dtype=_NUMPY_OF[code])
+    return vae_pb2.Tensor(dtype=code, shape=wire.shape, data=wire.tobytes())  # type: ignore[arg-type]
+
+
+def from_proto(
+    tensor: vae_pb2.Tensor,
+    *,
+    name: str = "tensor",
+    dtypes: Collection[npt.DTypeLike] | None = None,
+    shapes: Sequence[Sequence[int | None]] | None = None,
+) -> np.ndarray:
+    """Decodes a tensor, checking its dtype, shape and byte length.
+
+    ``shapes`` lists the accepted shapes; ``None`` in a shape matches any size. The
+    array returned is a read-only view of the message's bytes.
+    """
+    dtype = _NUMPY_OF.get(tensor.dtype)
+    if dtype is None:
+        raise TensorError(f"{name}: {_wire_name(tensor.dtype)} is not a valid tensor dtype")
+    if dtypes is not None and not any(dtype == np.dtype(d) for d in dtypes):
+        allowed = ", ".join(sorted(np.dtype(d).name for d in dtypes))
+        raise TensorError(f"{name}: dtype {dtype.name} is not accepted here (accepted: {allowed})")
+    shape = tuple(int(s) for s in tensor.shape)
+    if any(s < 0 for s in shape):
+        raise TensorError(f"{name}: shape {shape} has a negative dimension")
+    if shapes is not None and not any(_matches(shape, want) for want in shapes):
+        expected = " or ".join(_show(want) for want in shapes)
+        raise TensorError(f"{name}: expected shape {expected}, got {shape}")
+    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(tensor.data) != expected_bytes:
+        raise TensorError(
+            f"{name}: shape {shape} of {dtype.name} needs {expected_bytes} bytes, got {len(tensor.data)}"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def _matches(shape: tuple[int, ...], want: Sequence[int | None]) -> bool:
+    return len(shape) == len(want) and all(w is None or w == s for s, w in zip(shape, want))
+
+
+def _show(want: Sequence[int | None]) -> str:
+    return "(" + ", ".join("*" if w is None else str(w) for w in want) + ("," if len(want) == 1 else "") + ")"

@@ -1,0 +1,206 @@
+"""The model bundle's manifest (format version 1): the one schema, used by training and serving.
+
+A bundle is a directory holding ``manifest.json``, ``encoder.onnx`` and ``decoder.onnx``.
+The README's "Bundle format" section documents every field below for people who write
+bundles from other frameworks.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+__all__ = [
+    "DECODER_FILE",
+    "DECODER_OUTPUTS",
+    "ENCODER_FILE",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "Calibration",
+    "Estimate",
+    "ImageLayout",
+    "Manifest",
+    "Preprocessing",
+    "TrainingSummary",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+
+# Decoder outputs by likelihood; the encoder always maps "x" to "z_mean" and "z_logvar".
+DECODER_OUTPUTS: dict[str, tuple[str, ...]] = {"bernoulli": ("logits",), "gaussian": ("mean", "logvar")}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageLayout(_Strict):
+    """How the flat input is laid out as an image (C, H, W), for pictures and conv models."""
+
+    channels: PositiveInt
+    height: PositiveInt
+    width: PositiveInt
+
+
+class Preprocessing(_Strict):
+    """Per-feature affine map from raw client units to model space: ``x = (raw - shift) * scale``.
+
+    A list of length 1 applies to every feature.
+    """
+
+    shift: list[float] = Field(min_length=1)
+    scale: list[float] = Field(min_length=1)
+
+    @field_validator("shift", "scale")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("must hold finite numbers only")
+        return values
+
+    @field_validator("scale")
+    @classmethod
+    def _nonzero(cls, values: list[float]) -> list[float]:
+        if any(v == 0.0 for v in values):
+            raise ValueError("a scale of 0 would erase a feature")
+        return values
+
+    def apply(self, raw: npt.ArrayLike) -> np.ndarray:
+        """Raw [B, D] -> model-space float32 [B, D]."""
+        shift, scale = self._arrays()
+        return ((np.asarray(raw, dtype=np.float64) - shift) * scale).astype(np.float32)
+
+    def invert(self, x: npt.ArrayLike) -> np.ndarray:
+        """Model-space [B, D] -> raw units, float64."""
+        shift, scale = self._arrays()
+        return np.asarray(x, dtype=np.float64) / scale + shift
+
+    def log_abs_det(self, dim: int) -> float:
+        """log |d x / d raw|: add it to a Gaussian model's log p(x) to get the density of raw data."""
+        scale = np.broadcast_to(np.asarray(self.scale, dtype=np.float64), (dim,))
+        return float(np.sum(np.log(np.abs(scale))))
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.shift, dtype=np.float64), np.asarray(self.scale, dtype=np.float64)
+
+
+class Estimate(_Strict):
+    """A mean over a data set with its standard error (nats per input)."""
+
+    value: float
+    se: float
+    k: PositiveInt = 1
+
+
+class TrainingSummary(_Strict):
+    dataset: str
+    classes: list[int] | None = None
+    n_train: int
+    n_val: int
+    n_test: int
+    epochs: int
+    best_epoch: int
+    seed: int
+    objective: Literal["elbo", "iwae"]
+    objective_k: PositiveInt = 1
+    architecture: dict[str, Any] = Field(default_factory=dict)
+    test_elbo: Estimate
+    test_iwae: Estimate
+    active_units: int | None = None
+    duration_s: float | None = None
+    framework: str | None = None
+
+
+class Calibration(_Strict):
+    """Anomaly scores -log p(x) on held-out normal data, sorted, with the estimator that made them."""
+
+    estimator: Literal["iwae"] = "iwae"
+    k: PositiveInt
+    seed: int = Field(ge=0, lt=2**64)
+    dataset: str
+    scores: list[float] = Field(min_length=1)
+
+    @field_validator("scores")
+    @classmethod
+    def _sorted_finite(cls, scores: list[float]) -> list[float]:
+        if not all(math.isfinite(s) for s in scores):
+            raise ValueError("calibration scores must be finite")
+        if any(b < a for a, b in zip(scores, scores[1:])):
+            raise ValueError("calibration scores must be sorted in ascending order")
+        return scores
+
+    def percentile(self, scores: npt.ArrayLike) -> np.ndarray:
+        """Percent of calibration scores at or below each score."""
+        ranks = np.searchsorted(np.asarray(self.scores), np.asarray(scores, dtype=np.float64), side="right")
+        return 100.0 * ranks / len(self.scores)
+
+    def threshold(self, quantile: float) -> float:
+        """The score at a quantile (0..1) of the calibration data, linearly interpolated."""
+        if not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"threshold quantile must lie in [0, 1], got {quantile}")
+        return float(np.quantile(np.asarray(self.scores), quantile))
+
+
+class Manifest(_Strict):
+    format_version: int
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", max_length=64)
+    description: str = ""
+    created: datetime | None = None
+    input_shape: list[PositiveInt] = Field(min_length=1)
+    latent_dim: PositiveInt
+    likelihood: Literal["bernoulli", "gaussian"]
+    sha256: dict[str, str]
+    preprocessing: Preprocessing
+    image: ImageLayout | None = None
+    training: TrainingSummary | None = None
+    calibration: Calibration | None = None
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != FORMAT_VERSION:
+            raise ValueError(f"unsupported bundle format_version {version}; this release reads {FORMAT_VERSION}")
+        return version
+
+    @field_validator("sha256")
+    @classmethod
+    def _hashes(cls, hashes: dict[str, str]) -> dict[str, str]:
+        missing = {ENCODER_FILE, DECODER_FILE} - hashes.keys()
+        if missing:
+            raise ValueError(f"needs the sha256 of {', '.join(sorted(missing))}")
+        for file, digest in hashes.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"sha256 of {file} must be 64 lowercase hex digits")
+        return hashes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        dim = self.dim
+        for field in ("shift", "scale"):
+            n = len(getattr(self.preprocessing, field))
+            if n not in (1, dim):
+                raise ValueError(f"preprocessing.{field} has {n} values; needs 1 or {dim} (one per input feature)")
+        if self.image is not None:
+            pixels = self.image.channels * self.image.height * self.image.width
+            if pixels != dim:
+                raise ValueError(f"image layout {self.image.channels}x{self.image.height}x{self.image.width} "
+                                 f"does not hold the {dim} input features")
+        return self
+
+    @property
+    def dim(self) -> int:
+        """Number of input features D = prod(input_shape)."""
+        return math.prod(self.input_shape)
+
+    @property
+    def decoder_outputs(self) -> tuple[str, ...]:
+        return DECODER_OUTPUTS[self.likelihood]

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for the vaeserve.api.v1 package (do not edit; `make proto`)."""

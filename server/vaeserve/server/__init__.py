@@ -1,0 +1,1 @@
+"""vaeserve.server: the gRPC service that serves a VAE model bundle."""

@@ -1,0 +1,142 @@
+"""Loading a model bundle and checking it fully against the format-1 contract.
+
+Everything a bundle can get wrong is reported as a ``BundleError`` that names the file
+and the problem, before any session is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from pydantic import ValidationError
+
+from vaeserve.api.manifest import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest
+
+__all__ = ["Bundle", "BundleError", "load_bundle", "save_bundle", "sha256_of", "update_manifest"]
+
+ENCODER_INPUTS = ("x",)
+ENCODER_OUTPUTS = ("z_mean", "z_logvar")
+DECODER_INPUTS = ("z",)
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    encoder: onnx.ModelProto
+    decoder: onnx.ModelProto
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a directory; a bundle is a directory holding {MANIFEST_FILE}, "
+                          f"{ENCODER_FILE} and {DECODER_FILE}")
+    manifest = _read_manifest(root / MANIFEST_FILE)
+    encoder = _read_model(root / ENCODER_FILE, manifest.sha256[ENCODER_FILE])
+    decoder = _read_model(root / DECODER_FILE, manifest.sha256[DECODER_FILE])
+    lead = (None,)
+    _check_io(root / ENCODER_FILE, encoder, "input", {"x": lead + tuple(manifest.input_shape)})
+    _check_io(root / ENCODER_FILE, encoder, "output",
+              {name: lead + (manifest.latent_dim,) for name in ENCODER_OUTPUTS})
+    _check_io(root / DECODER_FILE, decoder, "input", {"z": lead + (manifest.latent_dim,)})
+    _check_io(root / DECODER_FILE, decoder, "output",
+              {name: lead + tuple(manifest.input_shape) for name in manifest.decoder_outputs})
+    return Bundle(root, manifest, encoder, decoder)
+
+
+def save_bundle(path: str | Path, encoder: onnx.ModelProto, decoder: onnx.ModelProto, **fields: Any) -> Bundle:
+    """Writes a bundle (the two graphs, their hashes and the manifest fields), then loads it back to check it."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for name, model in ((ENCODER_FILE, encoder), (DECODER_FILE, decoder)):
+        onnx.save(model, str(root / name))
+        hashes[name] = sha256_of(root / name)
+    _write_manifest(root, Manifest.model_validate({"format_version": FORMAT_VERSION, **fields, "sha256": hashes}))
+    return load_bundle(root)
+
+
+def update_manifest(path: str | Path, **changes: Any) -> Bundle:
+    """Rewrites manifest fields (training summary, calibration) of a valid bundle; the graphs stay as they are."""
+    bundle = load_bundle(path)
+    _write_manifest(bundle.path, Manifest.model_validate({**bundle.manifest.model_dump(), **changes}))
+    return load_bundle(bundle.path)
+
+
+def _write_manifest(root: Path, manifest: Manifest) -> None:
+    text = manifest.model_dump_json(indent=2, exclude_none=True) + "\n"
+    (root / MANIFEST_FILE).write_text(text, encoding="utf-8")
+
+
+def _read_manifest(path: Path) -> Manifest:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; every bundle needs a {MANIFEST_FILE}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc})") from exc
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors())
+        raise BundleError(f"{path}: invalid manifest: {problems}") from exc
+
+
+def _read_model(path: Path, expected_sha256: str) -> onnx.ModelProto:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; the manifest lists it")
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise BundleError(f"{path}: sha256 mismatch (manifest {expected_sha256[:12]}..., file {actual[:12]}...); "
+                          "the file was changed or corrupted after export")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises several unrelated types for bad files
+        raise BundleError(f"{path}: not a valid ONNX model ({exc})") from exc
+    return model
+
+
+def _check_io(path: Path, model: onnx.ModelProto, kind: str, want: dict[str, tuple[int | None, ...]]) -> None:
+    """Checks names, element type float32, rank, static sizes and a dynamic batch axis."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    values = [v for v in (graph.input if kind == "input" else graph.output) if v.name not in initializers]
+    have = {v.name: v for v in values}
+    if set(have) != set(want):
+        raise BundleError(f"{path}: {kind}s are {sorted(have)}; the bundle contract needs {sorted(want)}")
+    for name, shape in want.items():
+        tensor_type = have[name].type.tensor_type
+        if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            got = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+            raise BundleError(f"{path}: {kind} {name!r} is {got}; the contract needs FLOAT (float32)")
+        if not tensor_type.HasField("shape"):
+            continue
+        dims = tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise BundleError(f"{path}: {kind} {name!r} has rank {len(dims)}; the contract needs {len(shape)} "
+                              f"(batch, {', '.join(str(s) for s in shape[1:])})")
+        if dims[0].HasField("dim_value") and dims[0].dim_value not in (0,):
+            raise BundleError(f"{path}: {kind} {name!r} has a fixed batch size {dims[0].dim_value}; "
+                              "export it with a dynamic batch axis")
+        for axis, (dim, size) in enumerate(zip(dims[1:], shape[1:]), start=1):
+            if dim.HasField("dim_value") and dim.dim_value != size:
+                raise BundleError(f"{path}: {kind} {name!r} axis {axis} is {dim.dim_value}; the manifest implies {size}")

@@ -1,0 +1,384 @@
+"""The scoring engine: every number vaeserve serves is computed here, once.
+
+Inputs are numpy arrays; the gRPC layer and the training package both call this module,
+so served scores, evaluation figures and calibration can never disagree. Methods are
+synchronous and thread-safe; long ones call `check()` between chunks so a caller can stop
+them (deadline, cancellation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from vaeserve.api.manifest import Manifest
+from vaeserve.server.bundle import Bundle, BundleError
+from vaeserve.server.errors import InvalidArgument
+from vaeserve.server.estimators import (
+    ElboSums,
+    Estimate,
+    LogMeanExp,
+    gaussian_entropy,
+    kl_to_standard_normal,
+    log_standard_normal_const,
+)
+from vaeserve.server.graphs import LOG_LIK, PER_DIM, Z_LOGVAR, Z_MEAN, Z_SQ, Variant, build_score_graph
+from vaeserve.server.noise import NoiseSource, stream
+from vaeserve.server.runtime import Runner, RuntimeConfig, choose_providers
+
+__all__ = ["Anomaly", "Engine", "Estimate", "ScoreOptions", "ScoreResult"]
+
+Check = Callable[[], None]
+_VARIANTS = [Variant(p, d) for p in ("posterior", "prior") for d in (False, True)]
+# Values a float32 graph squares without overflow; far beyond any preprocessed data.
+_GAUSSIAN_LIMIT = 1e6
+_BERNOULLI_SLACK = 1e-5  # float rounding of raw * scale, e.g. 255 * (1 / 255)
+
+
+def _no_check() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    k: int
+    prior_estimate: bool = False
+    per_dim: bool = False
+    reconstruction: bool = False
+    anomaly: bool = True
+    threshold_quantile: float = 0.99
+
+
+@dataclass
+class _Chunk:
+    log_lik: np.ndarray  # float64 [b, C]
+    log_pz: np.ndarray | None
+    log_w: np.ndarray
+    z_mean: np.ndarray | None = None
+    z_logvar: np.ndarray | None = None
+    per_dim: np.ndarray | None = None
+
+
+@dataclass
+class Anomaly:
+    score: np.ndarray
+    percentile: np.ndarray
+    is_anomaly: np.ndarray
+    threshold: float
+    threshold_quantile: float
+    k: int
+    estimator: str
+
+
+@dataclass
+class ScoreResult:
+    """Per-input results, each an array with the batch as its first axis."""
+
+    elbo: np.ndarray
+    elbo_se: np.ndarray
+    reconstruction_term: np.ndarray
+    kl: np.ndarray
+    expected_log_joint: np.ndarray
+    entropy: np.ndarray
+    log_px: np.ndarray
+    log_px_se: np.ndarray
+    ess: np.ndarray
+    bits_per_dim: np.ndarray
+    gap: np.ndarray
+    gap_se: np.ndarray
+    prior: Estimate | None = None
+    anomaly: Anomaly | None = None
+    per_dim: np.ndarray | None = None
+    reconstruction: np.ndarray | None = None
+
+    def rows(self, rows: slice) -> ScoreResult:
+        """The results of a contiguous run of inputs (to split a merged batch)."""
+        def cut(value: object) -> object:
+            if isinstance(value, np.ndarray):
+                return value[rows]
+            if isinstance(value, (Estimate, Anomaly)):
+                return replace(value, **{f.name: cut(getattr(value, f.name)) for f in fields(value)})
+            return value
+        return replace(self, **{f.name: cut(getattr(self, f.name)) for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: list[ScoreResult]) -> ScoreResult:
+        def join(values: list[object]) -> object:
+            first = values[0]
+            if isinstance(first, np.ndarray):
+                return np.concatenate(values)  # type: ignore[arg-type]
+            if isinstance(first, (Estimate, Anomaly)):
+                return replace(first, **{f.name: join([getattr(v, f.name) for v in values]) for f in fields(first)})
+            return first
+        return ScoreResult(**{f.name: join([getattr(p, f.name) for p in parts]) for f in fields(ScoreResult)})
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, config: RuntimeConfig | None = None, *, chunk_samples: int = 4096,
+                 noise_cache_bytes: int = 64 << 20) -> None:
+        config = config or RuntimeConfig()
+        self.bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        providers = choose_providers(config)
+        self._encoder = Runner(bundle.encoder, config, providers)
+        self._decoder = Runner(bundle.decoder, config, providers)
+        self._score = {v: Runner(build_score_graph(bundle, v), config, providers) for v in _VARIANTS}
+        self.provider = self._encoder.provider
+        self.chunk_samples = chunk_samples
+        self.noise = NoiseSource(self.manifest.latent_dim, noise_cache_bytes)
+        gaussian = self.manifest.likelihood == "gaussian"
+        self._log_lik_const = log_standard_normal_const(self.manifest.dim) if gaussian else 0.0
+        self._per_dim_const = log_standard_normal_const(1) if gaussian else 0.0
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        shape = tuple(self.manifest.input_shape)
+        return [shape] if len(shape) == 1 else [shape, (self.manifest.dim,)]
+
+    def prepare(self, raw: np.ndarray) -> np.ndarray:
+        """Raw client inputs [B, *input_shape] or [B, D] -> checked model-space float32 [B, D]."""
+        dim = self.manifest.dim
+        if raw.ndim < 1 or tuple(raw.shape[1:]) not in self.input_shapes:
+            wanted = " or ".join(str(("B", *s)) for s in self.input_shapes)
+            raise InvalidArgument(f"x has shape {tuple(raw.shape)}; this model takes {wanted}")
+        if raw.shape[0] == 0:
+            raise InvalidArgument("x is an empty batch; send at least one input")
+        flat = raw.reshape(raw.shape[0], dim)
+        if raw.dtype.kind == "f":
+            _require_finite(flat, "x")
+        x = self.manifest.preprocessing.apply(flat)
+        _require_finite(x, "x after preprocessing")
+        if self.manifest.likelihood == "bernoulli":
+            low, high = float(x.min()), float(x.max())
+            if low < -_BERNOULLI_SLACK or high > 1 + _BERNOULLI_SLACK:
+                row, col = np.unravel_index(int(np.argmax((x < -_BERNOULLI_SLACK) | (x > 1 + _BERNOULLI_SLACK))), x.shape)
+                raise InvalidArgument(
+                    f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after preprocessing; "
+                    f"this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
+                    f"{self._raw_range(col)})")
+            np.clip(x, 0.0, 1.0, out=x)
+        elif float(np.abs(x).max()) > _GAUSSIAN_LIMIT:
+            row = int(np.argmax(np.abs(x).max(axis=1)))
+            raise InvalidArgument(f"x[{row}] has a value of magnitude above {_GAUSSIAN_LIMIT:g} after preprocessing; "
+                                  "far outside anything this model can score")
+        return np.ascontiguousarray(x)
+
+    def _raw_range(self, feature: int) -> str:
+        ends = self.manifest.preprocessing.invert(np.array([[0.0], [1.0]]))
+        col = 0 if ends.shape[1] == 1 else feature
+        low, high = sorted((float(ends[0, col]), float(ends[1, col])))
+        return f"{low:g} to {high:g}"
+
+    # --- encode, decode, sample --------------------------------------------------------
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shaped = x.reshape(-1, *self.manifest.input_shape)
+        mean, logvar = self._encoder.run(["z_mean", "z_logvar"], {"x": shaped})
+        return mean, logvar
+
+    def posterior_samples(self, x: np.ndarray, n: int, seed: int, *, resample: bool = False, proposals: int = 1000,
+                          check: Check = _no_check) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(mean, logvar, n draws per input [B, n, L], ESS or None).
+
+        Draws come from q(z|x), or are importance-resampled from `proposals` draws of q, when the
+        proposals' ESS per input comes too. The i-th resampled draw of every input uses the
+        same uniform, so results do not depend on batch position.
+        """
+        mean, logvar = self.encode(x)
+        std = np.exp(0.5 * logvar)
+        if not resample:
+            eps = self.noise.draws(seed, n)
+            return mean, logvar, (mean[:, None, :] + std[:, None, :] * eps[None]).astype(np.float32), None
+        eps = self.noise.draws(seed, proposals)
+        log_w = self._proposal_log_weights(x, proposals, seed, check)
+        weights = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+        cdf = np.cumsum(weights, axis=1)
+        uniforms = stream(seed ^ 0x5EED).random(n)
+        picks = np.stack([np.minimum(np.searchsorted(c, uniforms * c[-1], side="right"), proposals - 1) for c in cdf])
+        samples = mean[:, None, :] + std[:, None, :] * eps[picks]
+        ess = weights.sum(axis=1) ** 2 / (weights * weights).sum(axis=1)
+        return mean, logvar, samples.astype(np.float32), ess
+
+    def decode(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        if z.ndim != 2 or z.shape[1] != self.manifest.latent_dim:
+            raise InvalidArgument(f"z has shape {tuple(z.shape)}; this model takes (N, {self.manifest.latent_dim})")
+        if z.shape[0] == 0:
+            raise InvalidArgument("z is an empty batch; send at least one latent vector")
+        _require_finite(z, "z")
+        names = list(self.manifest.decoder_outputs)
+        outputs = dict(zip(names, self._decoder.run(names, {"z": np.ascontiguousarray(z, dtype=np.float32)})))
+        if self.manifest.likelihood == "bernoulli":
+            outputs["probs"] = _sigmoid(outputs["logits"])
+        return outputs
+
+    def sample_x(self, params: dict[str, np.ndarray], seed: int) -> np.ndarray:
+        """x ~ p(x|z) for each row; row i uses row i of the seed's noise."""
+        rng = stream(seed ^ 0xD1CE)
+        if self.manifest.likelihood == "bernoulli":
+            probs = params["probs"]
+            return (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.float32)
+        mean, logvar = params["mean"], params["logvar"]
+        return (mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape, dtype=np.float32)).astype(np.float32)
+
+    def sample_prior(self, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        z = self.noise.draws(seed, n)
+        return z, self.decode(z)
+
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """The decoder's mean of p(x|z) at the posterior mean, [B, *input_shape]."""
+        params = self.decode(self.encode(x)[0])
+        return params["probs" if self.manifest.likelihood == "bernoulli" else "mean"]
+
+    # --- scoring --------------------------------------------------------------------------
+
+    def score(self, x: np.ndarray, options: ScoreOptions, seed: int | np.ndarray, check: Check = _no_check
+              ) -> ScoreResult:
+        """Scores model-space inputs x [B, D]. `seed` is one seed for all inputs, or one per input."""
+        seeds = np.broadcast_to(np.asarray(seed, dtype=np.uint64), (len(x),))
+        k = options.k
+        if k < 1:
+            raise InvalidArgument(f"k must be at least 1, got {k}")
+        main = self._estimate(x, k, seeds, Variant("posterior", options.per_dim), check)
+        elbo_sums: ElboSums = main["elbo"]
+        iwae: Estimate = main["iwae"]
+        mean, logvar = main["z_mean"], main["z_logvar"]
+        kl = kl_to_standard_normal(mean, logvar)
+        entropy = gaussian_entropy(logvar)
+        recon_term = elbo_sums.mean()
+        elbo = recon_term - kl
+        elbo_se = elbo_sums.se()
+        result = ScoreResult(
+            elbo=elbo, elbo_se=elbo_se, reconstruction_term=recon_term, kl=kl,
+            expected_log_joint=recon_term + elbo_sums.mean_log_pz(), entropy=entropy,
+            log_px=iwae.log_px, log_px_se=iwae.se, ess=iwae.ess,
+            bits_per_dim=-iwae.log_px / (self.manifest.dim * math.log(2.0)),
+            gap=iwae.log_px - elbo, gap_se=np.sqrt(elbo_se**2 + iwae.se**2),
+        )
+        if options.per_dim and elbo_sums.per_dim is not None:
+            per_dim = elbo_sums.per_dim / elbo_sums.n[:, None] + self._per_dim_const
+            result.per_dim = per_dim.reshape(len(x), *self.manifest.input_shape)
+        if options.prior_estimate:
+            result.prior = self._estimate(x, k, seeds, Variant("prior"), check)["iwae"]
+        calibration = self.manifest.calibration
+        if options.anomaly and calibration is not None:
+            log_px = iwae.log_px if calibration.k == k else \
+                self._estimate(x, calibration.k, seeds, Variant("posterior"), check)["iwae"].log_px
+            threshold = _threshold(calibration.threshold, options.threshold_quantile)
+            result.anomaly = Anomaly(score=-log_px, percentile=calibration.percentile(-log_px),
+                                     is_anomaly=-log_px > threshold, threshold=threshold,
+                                     threshold_quantile=options.threshold_quantile, k=calibration.k,
+                                     estimator=calibration.estimator)
+        if options.reconstruction:
+            result.reconstruction = self.reconstruct(x)
+        return result
+
+    def _plan(self, k: int) -> tuple[int, int]:
+        """(inputs per run, draws per run) with their product near chunk_samples."""
+        draws = min(k, self.chunk_samples)
+        return max(1, self.chunk_samples // draws), draws
+
+    def _noise_blocks(self, seeds: np.ndarray, k: int, draws: int) -> Iterator[np.ndarray]:
+        """Noise per chunk: [1, C, L] when all inputs share a seed, else [b, C, L] in input order."""
+        unique, inverse = np.unique(seeds, return_inverse=True)
+        streams = [self.noise.chunks(int(s), k, draws) for s in unique]
+        for pieces in zip(*streams):
+            block = np.stack(pieces)
+            yield block if len(unique) == 1 else block[inverse]
+
+    def _estimate(self, x: np.ndarray, k: int, seeds: np.ndarray, variant: Variant, check: Check
+                  ) -> dict[str, object]:
+        batch = len(x)
+        rows_per_run, draws = self._plan(k)
+        iwae = LogMeanExp(batch)
+        elbo = ElboSums(batch, self.manifest.dim if variant.per_dim else None)
+        mean = np.zeros((batch, self.manifest.latent_dim), np.float32)
+        logvar = np.zeros_like(mean)
+        for start in range(0, batch, rows_per_run):
+            rows = slice(start, min(start + rows_per_run, batch))
+            for eps in self._noise_blocks(seeds[rows], k, draws):
+                check()
+                chunk = self._run_chunk(variant, x[rows], eps, start)
+                if chunk.z_mean is not None and chunk.z_logvar is not None and chunk.log_pz is not None:
+                    mean[rows], logvar[rows] = chunk.z_mean, chunk.z_logvar
+                    elbo.add(rows, chunk.log_lik, chunk.log_pz, chunk.per_dim)
+                iwae.add(rows, chunk.log_w)
+        return {"iwae": iwae.result(), "elbo": elbo, "z_mean": mean, "z_logvar": logvar}
+
+    def _run_chunk(self, variant: Variant, x: np.ndarray, eps: np.ndarray, first_row: int) -> _Chunk:
+        """One session run: log p(x|z_k), log p(z_k) and log w_k for draws eps [E, C, L] of inputs x."""
+        out = dict(zip(variant.outputs, self._score[variant].run(variant.outputs, {"x": x, "eps": eps})))
+        log_lik = out[LOG_LIK].astype(np.float64) + self._log_lik_const
+        if variant.proposal == "prior":
+            chunk = _Chunk(log_lik=log_lik, log_pz=None, log_w=log_lik)
+        else:
+            latent_const = log_standard_normal_const(self.manifest.latent_dim)
+            logvar = out[Z_LOGVAR]
+            eps_sq = np.einsum("ecl,ecl->ec", eps, eps, dtype=np.float64)
+            log_pz = -0.5 * out[Z_SQ].astype(np.float64) + latent_const
+            log_q = -0.5 * eps_sq - 0.5 * logvar.astype(np.float64).sum(axis=1, keepdims=True) + latent_const
+            chunk = _Chunk(log_lik=log_lik, log_pz=log_pz, log_w=log_lik + log_pz - log_q,
+                           z_mean=out[Z_MEAN], z_logvar=logvar, per_dim=out.get(PER_DIM))
+        _require_finite_scores(chunk.log_w, first_row)
+        return chunk
+
+    def _proposal_log_weights(self, x: np.ndarray, proposals: int, seed: int, check: Check) -> np.ndarray:
+        """log w [B, proposals] for the seed's first draws, for importance resampling."""
+        rows_per_run, draws = self._plan(proposals)
+        log_w = np.empty((len(x), proposals))
+        for start in range(0, len(x), rows_per_run):
+            rows = slice(start, min(start + rows_per_run, len(x)))
+            column = 0
+            for eps in self.noise.chunks(seed, proposals, draws):
+                check()
+                chunk = self._run_chunk(Variant("posterior"), x[rows], eps[None], start)
+                log_w[rows, column:column + len(eps)] = chunk.log_w
+                column += len(eps)
+        return log_w
+
+    def warm_up(self) -> None:
+        """Runs every session once (first runs allocate), checking output shapes against the manifest."""
+        m = self.manifest
+        x = np.full((2, m.dim), 0.5 if m.likelihood == "bernoulli" else 0.0, np.float32)
+        mean, logvar = self.encode(x)
+        if mean.shape != (2, m.latent_dim) or logvar.shape != (2, m.latent_dim):
+            raise BundleError(f"encoder returned {mean.shape} and {logvar.shape}; expected (2, {m.latent_dim})")
+        params = self.decode(mean)
+        for name in m.decoder_outputs:
+            if params[name].shape != (2, *m.input_shape):
+                raise BundleError(f"decoder output {name!r} has shape {params[name].shape}; "
+                                      f"expected (2, {', '.join(map(str, m.input_shape))})")
+        for variant in _VARIANTS:
+            self._estimate(x, 2, np.zeros(2, np.uint64), variant, _no_check)
+
+
+def _threshold(read: Callable[[float], float], quantile: float) -> float:
+    try:
+        return read(quantile)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.exp(-np.logaddexp(0.0, -logits)).astype(np.float32)
+    return out
+
+
+def _require_finite(values: np.ndarray, what: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        row = int(bad[0, 0])
+        raise InvalidArgument(f"{what} holds {len(bad)} NaN or infinite value(s), first in row {row}")
+
+
+def _require_finite_scores(log_w: np.ndarray, first_row: int) -> None:
+    finite = np.isfinite(log_w).all(axis=1)
+    if not finite.all():
+        rows = [first_row + int(i) for i in np.flatnonzero(~finite)[:5]]
+        raise InvalidArgument(f"x{rows}: the model's log-likelihood is not finite for these inputs; "
+                              "they may lie far outside the data it was trained on")

@@ -1,0 +1,172 @@
+"""Fused scoring graphs, composed at load time from a bundle's encoder and decoder.
+
+One onnxruntime run maps model-space inputs x [B, D] and standard normal noise
+eps [E, C, L] (E = 1: the same draws for every input; or E = B) to, per input and draw,
+log p(x|z_k) and |z_k|^2. Encoder, reparameterization, decoder and likelihood all run
+inside onnxruntime, so the K-fold decoder output never reaches Python: Python only merges
+[B, C] numbers across chunks of K.
+
+The "prior" variant skips the encoder (z = eps ~ p(z)): the naive Monte Carlo estimate.
+The Gaussian likelihood leaves out its constant -log(2 pi) / 2 per dimension, which the
+engine adds in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper, version_converter
+
+from vaeserve.server.bundle import Bundle
+
+__all__ = ["LOG_LIK", "MIN_OPSET", "PER_DIM", "Variant", "Z_LOGVAR", "Z_MEAN", "Z_SQ", "build_score_graph"]
+
+MIN_OPSET = 17
+LOG_LIK = "log_px_given_z"  # [B, C]
+Z_SQ = "z_sq"  # [B, C], posterior variant only
+Z_MEAN = "z_mean"  # [B, L], posterior variant only
+Z_LOGVAR = "z_logvar"  # [B, L], posterior variant only
+PER_DIM = "per_dim_sum"  # [B, D]: log p(x_d|z_k) summed over the chunk's draws
+
+
+@dataclass(frozen=True)
+class Variant:
+    proposal: Literal["posterior", "prior"]
+    per_dim: bool = False
+
+    @property
+    def outputs(self) -> list[str]:
+        names = [LOG_LIK] + ([Z_SQ, Z_MEAN, Z_LOGVAR] if self.proposal == "posterior" else [])
+        return names + ([PER_DIM] if self.per_dim else [])
+
+
+class _Builder:
+    """Accumulates glue nodes and constants with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: list[TensorProto] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"glue/{hint}_{self._count}"
+
+    def const(self, value: np.ndarray, hint: str = "const") -> str:
+        name = self._name(hint)
+        self.constants.append(numpy_helper.from_array(value, name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: object) -> str:
+        output = out or self._name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
+        return output
+
+
+def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
+    manifest = bundle.manifest
+    dim, latent = manifest.dim, manifest.latent_dim
+    encoder, decoder, opsets = _aligned(bundle.encoder, bundle.decoder)
+    encoder = compose.add_prefix(encoder, "encoder/")
+    decoder = compose.add_prefix(decoder, "decoder/")
+
+    g = _Builder()
+    i64 = np.int64
+    axis1, axis2 = g.const(np.array([1], i64), "axis1"), g.const(np.array([2], i64), "axis2")
+
+    # z: [B, C, L] from q(z|x) = N(mu, exp(logvar)), or eps itself for the prior variant.
+    parts: list[onnx.GraphProto] = []
+    if variant.proposal == "posterior":
+        g.op("Reshape", "x", g.const(np.array([-1, *manifest.input_shape], i64), "input_shape"), out="encoder/x")
+        parts.append(encoder.graph)
+        g.op("Identity", "encoder/z_mean", out=Z_MEAN)
+        g.op("Identity", "encoder/z_logvar", out=Z_LOGVAR)
+        std = g.op("Exp", g.op("Mul", Z_LOGVAR, g.const(np.array(0.5, np.float32), "half")))
+        z = g.op("Add", g.op("Unsqueeze", Z_MEAN, axis1), g.op("Mul", g.op("Unsqueeze", std, axis1), "eps"))
+        g.op("ReduceSum", g.op("Mul", z, z), axis2, out=Z_SQ, keepdims=0)
+    else:
+        z = "eps"
+    g.op("Reshape", z, g.const(np.array([-1, latent], i64), "flat_latent"), out="decoder/z")
+    parts.append(decoder.graph)
+
+    # Decoder outputs [B*C, *input_shape] -> [B, C, D]; x [B, D] -> [B, 1, D].
+    draws = g.op("Slice", g.op("Shape", "eps"), axis1, g.const(np.array([2], i64), "two"))
+    to_bcd = g.op("Concat", g.const(np.array([-1], i64), "minus1"), draws, g.const(np.array([dim], i64), "dim"), axis=0)
+    x3 = g.op("Unsqueeze", "x", axis1)
+    if manifest.likelihood == "bernoulli":
+        logits = g.op("Reshape", "decoder/logits", to_bcd)
+        # x * l - softplus(l): log p(x_d|z) for data in [0, 1], stable for any logit.
+        elementwise = g.op("Sub", g.op("Mul", x3, logits), g.op("Softplus", logits))
+    else:
+        mean = g.op("Reshape", "decoder/mean", to_bcd)
+        logvar = g.op("Reshape", "decoder/logvar", to_bcd)
+        diff = g.op("Sub", x3, mean)
+        quad = g.op("Mul", g.op("Mul", diff, diff), g.op("Exp", g.op("Neg", logvar)))
+        elementwise = g.op("Mul", g.op("Add", logvar, quad), g.const(np.array(-0.5, np.float32), "minus_half"))
+    g.op("ReduceSum", elementwise, axis2, out=LOG_LIK, keepdims=0)
+    if variant.per_dim:
+        g.op("ReduceSum", elementwise, axis1, out=PER_DIM, keepdims=0)
+
+    float_in = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("x", float_in, ["batch", dim]),
+        helper.make_tensor_value_info("eps", float_in, ["noise_rows", "draws", latent]),
+    ]
+    shapes = {LOG_LIK: ["batch", "draws"], Z_SQ: ["batch", "draws"], Z_MEAN: ["batch", latent],
+              Z_LOGVAR: ["batch", latent], PER_DIM: ["batch", dim]}
+    outputs = [helper.make_tensor_value_info(name, float_in, shapes[name]) for name in variant.outputs]
+    nodes = [n for part in parts for n in part.node]
+    initializers = [t for part in parts for t in part.initializer] + g.constants
+    # Glue nodes that feed a sub-graph must come before it: order is glue-in, parts, glue-out.
+    graph = helper.make_graph(
+        _topological(g.nodes + nodes, inputs=["x", "eps"], initializers={t.name for t in initializers}),
+        f"{bundle.manifest.name}-score-{variant.proposal}{'-per-dim' if variant.per_dim else ''}",
+        inputs,
+        outputs,
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="vaeserve")
+    model.ir_version = max(bundle.encoder.ir_version, bundle.decoder.ir_version, 8)
+    functions = [f for part in (encoder, decoder) for f in part.functions]
+    model.functions.extend(functions)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+
+
+def _aligned(
+    encoder: onnx.ModelProto, decoder: onnx.ModelProto
+) -> tuple[onnx.ModelProto, onnx.ModelProto, list[onnx.OperatorSetIdProto]]:
+    """Brings both graphs to one default-domain opset (at least MIN_OPSET, for the glue)."""
+    target = max(MIN_OPSET, _default_opset(encoder), _default_opset(decoder))
+    converted = [m if _default_opset(m) == target else version_converter.convert_version(m, target)
+                 for m in (encoder, decoder)]
+    versions: dict[str, int] = {"": target}
+    for model in converted:
+        for opset in model.opset_import:
+            if opset.domain not in ("", "ai.onnx"):
+                versions[opset.domain] = max(versions.get(opset.domain, 0), opset.version)
+    return converted[0], converted[1], [helper.make_opsetid(d, v) for d, v in versions.items()]
+
+
+def _topological(nodes: list[onnx.NodeProto], inputs: list[str], initializers: set[str]) -> list[onnx.NodeProto]:
+    """Orders nodes so every input is produced before use (the checker requires it)."""
+    ready = set(inputs) | initializers | {""}
+    pending, ordered = list(nodes), []
+    while pending:
+        still = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            missing = sorted({i for n in still for i in n.input if i not in ready})
+            raise ValueError(f"fused graph has unresolved inputs: {missing[:5]}")
+        for n in done:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = still
+    return ordered

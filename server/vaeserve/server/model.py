@@ -1,0 +1,158 @@
+"""The served model: the engine plus what serving adds (limits, defaults, threads, batching, deadlines).
+
+Engine calls are CPU-bound and release the GIL inside onnxruntime, so they run on a small
+thread pool; the event loop stays free for the network. A call's `check` is polled between
+chunks of work, so a passed deadline or a cancelled call stops it there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from vaeserve.api.manifest import Manifest
+from vaeserve.server.batcher import DynamicBatcher
+from vaeserve.server.engine import Engine, ScoreOptions, ScoreResult
+from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded, ModelNotFound
+from vaeserve.server.settings import Settings
+
+__all__ = ["Defaults", "Limits", "ServedModel"]
+
+T = TypeVar("T")
+FALLBACK_K = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int
+    max_k: int
+    max_samples: int
+    max_in_flight: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class Defaults:
+    k: int
+    seed: int
+    threshold_quantile: float
+
+
+@dataclass(frozen=True)
+class _ScoreItem:
+    x: np.ndarray
+    seed: int
+    options: ScoreOptions
+
+
+class ServedModel:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.manifest: Manifest = engine.manifest
+        self.replica_id = settings.replica_id
+        calibration = self.manifest.calibration
+        self.limits = Limits(settings.max_batch, settings.max_k, settings.max_samples, settings.max_in_flight,
+                             settings.max_message_mb << 20)
+        self.defaults = Defaults(
+            k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
+            seed=settings.default_seed, threshold_quantile=settings.threshold_quantile)
+        self._executor = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="vaeserve-run")
+        self._batch_max_k = settings.batch_max_k if settings.batching else 0
+        self._batchers: dict[object, DynamicBatcher] = {}  # type: ignore[type-arg]
+        self._batch_args = {"max_inputs": settings.batch_max_inputs, "max_delay_s": settings.batch_max_delay_ms / 1e3}
+
+    # --- request checks shared by every RPC ------------------------------------------------
+
+    def check_model(self, name: str, version: str) -> None:
+        if (name and name != self.manifest.name) or (version and version != self.manifest.version):
+            asked = f"{name or '*'}:{version or '*'}"
+            raise ModelNotFound(f"model {asked} is not served here; this server serves "
+                                f"{self.manifest.name}:{self.manifest.version}")
+
+    def check_batch(self, n: int, what: str = "x") -> None:
+        if n > self.limits.max_batch:
+            raise LimitExceeded(f"{what} has {n} inputs; max_batch is {self.limits.max_batch} "
+                                "(split the request, or use ScoreStream)")
+
+    def check_k(self, k: int, what: str = "k") -> None:
+        if k < 1:
+            raise InvalidArgument(f"{what} must be at least 1, got {k}")
+        if k > self.limits.max_k:
+            raise LimitExceeded(f"{what}={k} is above max_k={self.limits.max_k}")
+
+    def check_samples(self, n: int, what: str) -> None:
+        if n > self.limits.max_samples:
+            raise LimitExceeded(f"{what} asks for {n} latent draws; max_samples is {self.limits.max_samples}")
+
+    # --- work -----------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: object, deadline: float | None = None) -> T:
+        """Runs fn(*args, check=...) on the pool; check raises once the deadline passes or the call is cancelled."""
+        stop = threading.Event()
+
+        def check() -> None:
+            if stop.is_set():
+                raise Cancelled("the call was cancelled")
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("the deadline passed before the work was done")
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, check=check))
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._batch_max_k:
+            return await self._batcher("encode", self._encode_many).submit(x, len(x))
+        return await self.call(lambda x, check: self.engine.encode(x), x)
+
+    async def decode(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        if self._batch_max_k:
+            return await self._batcher("decode", self._decode_many).submit(z, len(z))
+        return await self.call(lambda z, check: self.engine.decode(z), z)
+
+    async def score(self, x: np.ndarray, options: ScoreOptions, seed: int, deadline: float | None) -> ScoreResult:
+        calibration = self.manifest.calibration
+        cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
+        if cost_k <= self._batch_max_k:
+            return await self._batcher(("score", options), self._score_many).submit(_ScoreItem(x, seed, options), len(x))
+        return await self.call(self.engine.score, x, options, seed, deadline=deadline)
+
+    def _batcher(self, key: object, run: Callable[[list], list]) -> DynamicBatcher:  # type: ignore[type-arg]
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers[key] = DynamicBatcher(run, self._executor, **self._batch_args)  # type: ignore[arg-type]
+        return batcher
+
+    def _encode_many(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        mean, logvar = self.engine.encode(np.concatenate(xs))
+        return [(mean[s], logvar[s]) for s in _spans(xs)]
+
+    def _decode_many(self, zs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        params = self.engine.decode(np.concatenate(zs))
+        return [{name: value[s] for name, value in params.items()} for s in _spans(zs)]
+
+    def _score_many(self, items: list[_ScoreItem]) -> list[ScoreResult]:
+        xs = [item.x for item in items]
+        seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
+        merged = self.engine.score(np.concatenate(xs), items[0].options, seeds)
+        return [merged.rows(s) for s in _spans(xs)]
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _spans(parts: list[np.ndarray]) -> list[slice]:
+    ends = np.cumsum([len(p) for p in parts])
+    return [slice(int(e - len(p)), int(e)) for p, e in zip(parts, ends)]

@@ -1,0 +1,131 @@
+"""The server's settings: one class, built once in ``main()`` and passed down.
+
+Precedence, highest first: command-line flags, environment variables (``VAESERVE_`` +
+the field name in capitals), the TOML file named by ``--config`` / ``VAESERVE_CONFIG``,
+then the defaults below. This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+__all__ = ["Settings", "default_bundle", "load_settings"]
+
+
+def default_bundle() -> Path:
+    """The bundled digits model, installed with the server package."""
+    return Path(str(resources.files("vaeserve.server").joinpath("bundled", "digits")))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAESERVE_", extra="forbid", validate_default=True)
+
+    config: Path | None = Field(None, description="TOML file of settings (below flags and environment)")
+    bundle: Path = Field(default_factory=default_bundle, description="model bundle directory to serve")
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: int = Field(50051, ge=0, le=65535, description="port to listen on (0: any free port)")
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", description="execution provider: cpu, cuda or auto")
+    strict_device: bool = Field(False, description="refuse to start when device=cuda cannot be used")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per run (0: one per core)")
+    allow_spinning: bool = Field(True, description="onnxruntime threads spin between runs (lower latency)")
+    executor_threads: int = Field(2, ge=1, description="requests computed at once")
+    chunk_samples: int = Field(4096, ge=1, description="inputs x draws per onnxruntime run (bounds memory)")
+    noise_cache_mb: int = Field(64, ge=0, description="memory for cached noise draws of recent seeds")
+    max_batch: int = Field(8192, ge=1, description="most inputs in one request")
+    max_k: int = Field(10_000, ge=1, description="most importance samples per input")
+    max_samples: int = Field(100_000, ge=1, description="most latent draws in one Sample or Encode request")
+    max_in_flight: int = Field(128, ge=1, description="requests in progress at once; beyond it RESOURCE_EXHAUSTED")
+    max_message_mb: int = Field(64, ge=1, description="largest request or reply message")
+    default_k: int | None = Field(None, ge=1, description="K when a Score request gives none "
+                                  "(default: the calibration's K, else 1000)")
+    default_seed: int = Field(0, ge=0, lt=2**64, description="seed when a request gives none")
+    threshold_quantile: float = Field(0.99, ge=0.0, le=1.0, description="default anomaly threshold quantile")
+    batching: bool = Field(True, description="merge concurrent small requests into one run")
+    batch_max_inputs: int = Field(256, ge=1, description="most inputs in one merged run")
+    batch_max_delay_ms: float = Field(0.0, ge=0.0, description="how long a batch waits for more requests "
+                                      "(0: it takes what is queued when the engine is free)")
+    batch_max_k: int = Field(64, ge=1, description="Score requests with K (and calibration K) up to this are merged")
+    grace_s: float = Field(30.0, ge=0.0, description="on SIGTERM, time allowed for requests in flight")
+    tls_cert: Path | None = Field(None, description="PEM server certificate (enables TLS)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle that client certificates must chain to")
+    require_client_cert: bool = Field(False, description="mutual TLS: refuse clients without a valid certificate")
+    replica_id: str = Field(default_factory=socket.gethostname, description="name of this replica in replies")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_requests: bool = Field(True, description="one log line per request")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.require_client_cert and (self.tls_cert is None or self.tls_client_ca is None):
+            raise ValueError("require_client_cert needs tls_cert, tls_key and tls_client_ca")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlFile(settings_cls)
+
+
+class _TomlFile(PydanticBaseSettingsSource):
+    """The file named by the `config` setting, as found by the sources above it."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if not path:
+            return {}
+        try:
+            return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"config file {path}: {exc}") from exc
+
+
+def _flag_kwargs(field: FieldInfo) -> dict[str, Any]:
+    annotation = field.annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(annotation) is Literal:
+        return {"choices": list(typing.get_args(annotation))}
+    if isinstance(annotation, types.UnionType) and len(args) == 1 and typing.get_origin(args[0]) is Literal:
+        return {"choices": list(typing.get_args(args[0]))}
+    return {}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vaeserve-server",
+        description="Serve a VAE model bundle over gRPC. Every flag can also be set as an environment "
+                    "variable VAESERVE_<NAME> or in the TOML file given by --config.",
+    )
+    for name, field in Settings.model_fields.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                       help=field.description, **_flag_kwargs(field))
+    return p
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    flags = vars(parser().parse_args(argv))
+    return Settings(**flags)

@@ -1,0 +1,164 @@
+"""The one place where domain errors become gRPC status codes, with the per-request log line.
+
+Every servicer method is wrapped by ``unary`` or ``stream``: they give the request an id,
+enforce the bound on requests in flight (beyond it RESOURCE_EXHAUSTED, at once), map
+errors to status codes with their message, and log one line per request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from vaeserve.api.codec import TensorError
+from vaeserve.server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    LimitExceeded,
+    ModelNotFound,
+    NotReady,
+)
+
+__all__ = ["RequestGuard", "request_id", "status_of", "stream", "unary"]
+
+log = logging.getLogger("vaeserve.requests")
+errors_log = logging.getLogger(__name__)
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (TensorError, grpc.StatusCode.INVALID_ARGUMENT),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
+]
+
+_request_id: ContextVar[str] = ContextVar("request_id", default="")
+
+Req = TypeVar("Req", bound=Message)
+Rep = TypeVar("Rep", bound=Message)
+
+
+def request_id() -> str:
+    """The id of the request being handled (for reply headers)."""
+    return _request_id.get()
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+
+
+class RequestGuard:
+    def __init__(self, max_in_flight: int, log_requests: bool = True) -> None:
+        self.max_in_flight = max_in_flight
+        self.log_requests = log_requests
+        self.in_flight = 0
+
+    def enter(self) -> None:
+        if self.in_flight >= self.max_in_flight:
+            raise LimitExceeded(f"server busy: {self.in_flight} requests in flight (max_in_flight "
+                                f"{self.max_in_flight}); retry with backoff")
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def begin(self, context: grpc.aio.ServicerContext) -> str:
+        given = dict(context.invocation_metadata() or ()).get("x-request-id")
+        rid = str(given)[:64] if given else uuid.uuid4().hex[:16]
+        _request_id.set(rid)
+        return rid
+
+    @staticmethod
+    def code_of(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+        code, message = status_of(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            errors_log.error("%s failed (request %s)", method, request_id(), exc_info=exc)
+        return code, message
+
+    def done(self, method: str, rid: str, code: str, started: float, in_bytes: int, out_bytes: int) -> None:
+        if self.log_requests:
+            log.info("rpc method=%s id=%s status=%s in_bytes=%d out_bytes=%d ms=%.2f", method, rid, code,
+                     in_bytes, out_bytes, (time.perf_counter() - started) * 1000.0)
+
+
+class _Guarded(Protocol):
+    guard: RequestGuard
+
+
+def unary(method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
+          ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]:
+    @functools.wraps(method)
+    async def wrapper(self: _Guarded, request: Req, context: grpc.aio.ServicerContext) -> Rep:
+        guard, started = self.guard, time.perf_counter()
+        rid, code, out_bytes = guard.begin(context), "OK", 0
+        try:
+            guard.enter()
+            try:
+                reply = await method(self, request, context)
+            finally:
+                guard.leave()
+            out_bytes = reply.ByteSize()
+            return reply
+        except grpc.aio.AbortError:
+            code = "ABORTED"
+            raise
+        except Exception as exc:
+            status, message = guard.code_of(method.__name__, exc)
+            code = status.name
+            await context.abort(status, message)
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            guard.done(method.__name__, rid, code, started, request.ByteSize(), out_bytes)
+    return wrapper
+
+
+def stream(method: Callable[[Any, AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Rep]]
+           ) -> Callable[[Any, AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Rep]]:
+    @functools.wraps(method)
+    async def wrapper(self: _Guarded, requests: AsyncIterator[Req], context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[Rep]:
+        guard, started = self.guard, time.perf_counter()
+        rid, code, sizes = guard.begin(context), "OK", [0, 0]
+
+        async def counted() -> AsyncIterator[Req]:
+            async for request in requests:
+                sizes[0] += request.ByteSize()
+                yield request
+
+        try:
+            guard.enter()
+            try:
+                async for reply in method(self, counted(), context):
+                    sizes[1] += reply.ByteSize()
+                    yield reply
+            finally:
+                guard.leave()
+        except grpc.aio.AbortError:
+            code = "ABORTED"
+            raise
+        except Exception as exc:
+            status, message = guard.code_of(method.__name__, exc)
+            code = status.name
+            await context.abort(status, message)
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            guard.done(method.__name__, rid, code, started, sizes[0], sizes[1])
+    return wrapper

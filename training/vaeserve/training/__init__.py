@@ -1,0 +1,1 @@
+"""vaeserve.training: train VAEs in PyTorch and export model bundles for vaeserve."""
