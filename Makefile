@@ -37,7 +37,7 @@ serve: $(SERVER_STAMP)
 
 # Regenerate the gRPC stubs after editing proto/vaeserve/api/v1/vae.proto (a test checks they are current).
 proto: $(DEV_STAMP)
-	cd proto && ../$(VENV)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+	cd proto && PATH="$(abspath $(VENV))/bin:$$PATH" python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. vaeserve/api/v1/vae.proto
 
 # Retrain the bundled models (the commands documented in the README).

@@ -41,7 +41,7 @@ def to_proto(array: npt.ArrayLike) -> vae_pb2.Tensor:
     code = _WIRE_OF.get(arr.dtype.str.lstrip("<>|="))
     if code is None:
         raise TensorError(f"dtype {arr.dtype} cannot be sent; use float32, float64, uint8, int32, int64 or bool")
-    wire = np.ascontiguousarray(arr, dtype=_NUMPY_OF[code])
+    wire = arr.astype(_NUMPY_OF[code], order="C", copy=False)
     return vae_pb2.Tensor(dtype=code, shape=wire.shape, data=wire.tobytes())  # type: ignore[arg-type]
 
 

@@ -137,14 +137,20 @@ class Engine:
 
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
+        """Accepted shapes of one input: the manifest's, without a leading channel of 1, and flat."""
         shape = tuple(self.manifest.input_shape)
-        return [shape] if len(shape) == 1 else [shape, (self.manifest.dim,)]
+        shapes = [shape]
+        if len(shape) == 3 and shape[0] == 1:
+            shapes.append(shape[1:])
+        if len(shape) > 1:
+            shapes.append((self.manifest.dim,))
+        return shapes
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """Raw client inputs [B, *input_shape] or [B, D] -> checked model-space float32 [B, D]."""
         dim = self.manifest.dim
         if raw.ndim < 1 or tuple(raw.shape[1:]) not in self.input_shapes:
-            wanted = " or ".join(str(("B", *s)) for s in self.input_shapes)
+            wanted = " or ".join("(" + ", ".join(["B", *map(str, s)]) + ")" for s in self.input_shapes)
             raise InvalidArgument(f"x has shape {tuple(raw.shape)}; this model takes {wanted}")
         if raw.shape[0] == 0:
             raise InvalidArgument("x is an empty batch; send at least one input")

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class VaeServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
+    anomaly percentile, each per input with its uncertainty).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +69,9 @@ class VaeServiceStub:
 
 
 class VaeServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
+    anomaly percentile, each per input with its uncertainty).
+    """
 
     def GetModelInfo(self, request, context):
         """The served model's manifest and the server's limits and defaults.
@@ -153,7 +157,9 @@ def add_VaeServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class VaeService:
-    """Missing associated documentation comment in .proto file."""
+    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
+    anomaly percentile, each per input with its uncertainty).
+    """
 
     @staticmethod
     def GetModelInfo(request,

@@ -39,6 +39,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class VaeServiceStub:
+    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
+    anomaly percentile, each per input with its uncertainty).
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -58,6 +62,10 @@ class VaeServiceStub:
 
 @_typing.type_check_only
 class VaeServiceAsyncStub(VaeServiceStub):
+    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
+    anomaly percentile, each per input with its uncertainty).
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_vae_pb2.GetModelInfoRequest, _vae_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """The served model's manifest and the server's limits and defaults."""
@@ -73,6 +81,10 @@ class VaeServiceAsyncStub(VaeServiceStub):
     """Score for large data sets: one response per request message, in order."""
 
 class VaeServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
+    anomaly percentile, each per input with its uncertainty).
+    """
+
     @_abc_1.abstractmethod
     def GetModelInfo(
         self,

@@ -1,4 +1,6 @@
-"""A VAE with a closed-form log p(x), written with onnx.helper (no torch): the ground truth for tests.
+"""Small bundles written with onnx.helper (no torch): ground truths for the server's tests.
+
+LinearGaussian: a VAE with a closed-form log p(x).
 
 Decoder: x | z ~ N(W z + b, s^2 I) with W = U diag(lam), U with orthonormal columns, so
 p(x) = N(b, W W^T + s^2 I) and the exact posterior p(z|x) = N(A (x - b), s^2 / (lam^2 + s^2))
@@ -100,3 +102,30 @@ def write_bundle(path: Path, model: LinearGaussian, encoder: Encoder = Encoder()
     manifest = {"name": "linear-gaussian", "version": "1", "input_shape": [dim], "latent_dim": latent,
                 "likelihood": "gaussian", "preprocessing": {"shift": [0.0], "scale": [1.0]}, **fields}
     return save_bundle(path, enc, dec, **manifest)
+
+
+@dataclass(frozen=True)
+class LinearBernoulli:
+    """q(z|x) = N(A x + c, exp(logvar)), p(x|z) = Bernoulli(sigmoid(W z + b)): checked against numpy."""
+
+    A: np.ndarray  # [L, D]
+    c: np.ndarray  # [L]
+    logvar: np.ndarray  # [L]
+    W: np.ndarray  # [D, L]
+    b: np.ndarray  # [D]
+
+    @staticmethod
+    def random(dim: int = 12, latent: int = 3, seed: int = 0) -> LinearBernoulli:
+        rng = np.random.default_rng(seed)
+        return LinearBernoulli(A=rng.normal(0, 0.3, (latent, dim)), c=rng.normal(0, 0.1, latent),
+                               logvar=rng.normal(-1.0, 0.2, latent), W=rng.normal(0, 1.0, (dim, latent)),
+                               b=rng.normal(0, 0.5, dim))
+
+    def write(self, path: Path) -> Bundle:
+        dim, latent = self.W.shape
+        enc = _affine_graph("encoder", "x", dim, {"z_mean": (self.A.T, self.c),
+                                                   "z_logvar": (np.zeros((dim, latent)), self.logvar)})
+        dec = _affine_graph("decoder", "z", latent, {"logits": (self.W.T, self.b)})
+        return save_bundle(path, enc, dec, name="linear-bernoulli", version="1", input_shape=[dim],
+                           latent_dim=latent, likelihood="bernoulli",
+                           preprocessing={"shift": [0.0], "scale": [1.0]})

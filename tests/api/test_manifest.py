@@ -1,0 +1,61 @@
+"""The manifest schema: what it accepts, what it refuses, and the calibration read-outs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from vaeserve.api.manifest import Calibration, Manifest, Preprocessing
+
+HASH = "0" * 64
+
+
+def manifest(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "format_version": 1, "name": "m", "version": "1", "input_shape": [1, 2, 2], "latent_dim": 2,
+        "likelihood": "bernoulli", "sha256": {"encoder.onnx": HASH, "decoder.onnx": HASH},
+        "preprocessing": {"shift": [0.0], "scale": [1 / 255]}, "image": {"channels": 1, "height": 2, "width": 2},
+    }
+    return {**base, **changes}
+
+
+def test_a_valid_manifest() -> None:
+    m = Manifest.model_validate(manifest())
+    assert m.dim == 4 and m.decoder_outputs == ("logits",)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"format_version": 2}, "unsupported bundle format_version 2"),
+    ({"sha256": {"encoder.onnx": HASH}}, "needs the sha256 of decoder.onnx"),
+    ({"sha256": {"encoder.onnx": "xyz", "decoder.onnx": HASH}}, "64 lowercase hex digits"),
+    ({"preprocessing": {"shift": [0.0, 1.0], "scale": [1.0]}}, "needs 1 or 4"),
+    ({"preprocessing": {"shift": [0.0], "scale": [0.0]}}, "scale of 0"),
+    ({"image": {"channels": 1, "height": 3, "width": 2}}, "does not hold the 4 input features"),
+    ({"likelihood": "poisson"}, "likelihood"),
+    ({"name": "has space"}, "name"),
+    ({"surprise": 1}, "Extra inputs are not permitted"),
+])
+def test_refusals(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Manifest.model_validate(manifest(**changes))
+
+
+def test_preprocessing_is_affine_and_invertible() -> None:
+    pre = Preprocessing(shift=[1.0, 2.0], scale=[0.5, 4.0])
+    raw = np.array([[3.0, 2.5]])
+    np.testing.assert_allclose(pre.apply(raw), [[1.0, 2.0]])
+    np.testing.assert_allclose(pre.invert(pre.apply(raw)), raw)
+    assert pre.log_abs_det(2) == pytest.approx(np.log(0.5) + np.log(4.0))
+
+
+def test_calibration_percentiles_and_thresholds() -> None:
+    cal = Calibration(k=10, seed=0, dataset="d", scores=[1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(cal.percentile([0.5, 2.0, 2.5, 9.0]), [0.0, 50.0, 50.0, 100.0])
+    assert cal.threshold(0.5) == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="quantile"):
+        cal.threshold(1.5)
+    with pytest.raises(ValidationError, match="sorted"):
+        Calibration(k=10, seed=0, dataset="d", scores=[2.0, 1.0])

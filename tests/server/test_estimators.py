@@ -1,0 +1,165 @@
+"""The engine's estimators against closed forms and an independent numpy computation.
+
+Tolerances: the graphs run in float32, so quantities that are exact in theory are checked
+to 1e-4 nats; Monte Carlo quantities are checked against their own reported standard
+errors (results are seeded, so these checks are deterministic).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.bundles import Encoder, LinearBernoulli, LinearGaussian
+from vaeserve.server.bundle import load_bundle
+from vaeserve.server.engine import Engine, ScoreOptions
+from vaeserve.server.runtime import RuntimeConfig
+
+CPU = RuntimeConfig(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def exact(exact_bundle: Path) -> Engine:
+    return Engine(load_bundle(exact_bundle), CPU)
+
+
+@pytest.fixture(scope="module")
+def worse(worse_bundle: Path) -> Engine:
+    return Engine(load_bundle(worse_bundle), CPU)
+
+
+@pytest.fixture(scope="module")
+def x(lg: LinearGaussian) -> np.ndarray:
+    return lg.sample(8, seed=3)
+
+
+def test_exact_posterior_gives_log_px_with_full_ess(exact: Engine, lg: LinearGaussian, x: np.ndarray) -> None:
+    k = 1000
+    r = exact.score(exact.prepare(x), ScoreOptions(k=k, anomaly=False), seed=1)
+    truth = lg.log_px(x)
+    np.testing.assert_allclose(r.log_px, truth, atol=1e-4)
+    np.testing.assert_allclose(r.ess, k, rtol=1e-4)
+    assert np.all(r.log_px_se < 1e-3)
+    # ELBO = E_q[log p(x|z)] - KL, the expectation by Monte Carlo: equal to log p(x) within its error.
+    assert np.all(np.abs(r.elbo - truth) < 4 * r.elbo_se)
+    assert np.all(r.elbo_se < 0.05)
+
+
+def test_worse_encoder_elbo_sits_below_by_the_closed_form_gap(worse: Engine, lg: LinearGaussian,
+                                                               x: np.ndarray) -> None:
+    gap = Encoder(shrink=0.7, var_scale=2.0).kl_to_posterior(lg, x)
+    r = worse.score(worse.prepare(x), ScoreOptions(k=5000, anomaly=False), seed=2)
+    truth = lg.log_px(x)
+    assert np.all(np.abs(r.elbo - (truth - gap)) < 4 * r.elbo_se)
+    # The reported gap, log p(x) estimate - ELBO, estimates KL(q || p(z|x)).
+    assert np.all(np.abs(r.gap - gap) < 4 * r.gap_se)
+    assert np.all(gap > 20 * r.gap_se)  # the gap is resolved, not noise
+
+
+def test_worse_encoder_iwae_rises_with_k_to_log_px(worse: Engine, lg: LinearGaussian, x: np.ndarray) -> None:
+    truth = lg.log_px(x)
+    means = []
+    for k in (1, 10, 100, 1000, 5000):
+        r = worse.score(worse.prepare(x), ScoreOptions(k=k, anomaly=False), seed=4)
+        means.append(float(np.mean(r.log_px - truth)))
+    assert all(a < b for a, b in zip(means, means[1:])), means
+    r = worse.score(worse.prepare(x), ScoreOptions(k=5000, anomaly=False), seed=4)
+    assert np.all(np.abs(r.log_px - truth) < 3 * r.log_px_se), (r.log_px - truth) / r.log_px_se
+    assert np.all(r.ess < 0.9 * 5000)  # unequal weights: q is not the posterior
+
+
+def test_prior_estimate_agrees_with_far_lower_ess(worse: Engine, lg: LinearGaussian, x: np.ndarray) -> None:
+    # Large K: with a handful of effective samples the delta-method error of the naive estimate is itself unreliable.
+    k = 200_000
+    r = worse.score(worse.prepare(x), ScoreOptions(k=k, prior_estimate=True, anomaly=False), seed=5)
+    assert r.prior is not None
+    truth = lg.log_px(x)
+    assert np.all(np.abs(r.prior.log_px - truth) < 3 * r.prior.se), (r.prior.log_px - truth) / r.prior.se
+    ratio = r.prior.ess / r.ess
+    assert np.all(ratio < 0.5) and np.median(ratio) < 0.15, ratio
+    assert np.all(r.prior.se > r.log_px_se)
+
+
+def test_importance_resampling_moves_toward_the_exact_posterior(worse: Engine, lg: LinearGaussian,
+                                                                x: np.ndarray) -> None:
+    mean_q, _, samples, ess = worse.posterior_samples(worse.prepare(x), 4000, seed=6, resample=True, proposals=5000)
+    assert samples.shape == (len(x), 4000, lg.W.shape[1]) and ess is not None
+    exact_mean = lg.posterior_mean(x)
+    resampled_error = np.linalg.norm(samples.mean(axis=1) - exact_mean, axis=1)
+    q_error = np.linalg.norm(mean_q - exact_mean, axis=1)
+    assert np.all(resampled_error < 0.5 * q_error), (resampled_error, q_error)
+
+
+def test_bernoulli_path_matches_numpy(tmp_path: Path) -> None:
+    model = LinearBernoulli.random()
+    engine = Engine(model.write(tmp_path), CPU)
+    rng = np.random.default_rng(0)
+    x = (rng.random((5, model.W.shape[0])) < 0.5).astype(np.float64)
+    x[0] = rng.random(model.W.shape[0])  # grey-level targets use the same formula
+    k, seed = 300, 9
+    r = engine.score(engine.prepare(x), ScoreOptions(k=k, per_dim=True, anomaly=False), seed=seed)
+
+    eps = np.random.default_rng(seed).standard_normal((k, model.W.shape[1]), dtype=np.float32).astype(np.float64)
+    mu = x @ model.A.T + model.c
+    std = np.exp(0.5 * model.logvar)
+    z = mu[:, None, :] + std * eps[None]  # [B, K, L]
+    logits = z @ model.W.T + model.b
+    per_dim = x[:, None, :] * logits - np.logaddexp(0.0, logits)
+    log_lik = per_dim.sum(axis=2)
+    log_pz = -0.5 * (z**2).sum(axis=2) - 0.5 * z.shape[2] * np.log(2 * np.pi)
+    log_q = -0.5 * (eps**2).sum(axis=1) - 0.5 * model.logvar.sum() - 0.5 * z.shape[2] * np.log(2 * np.pi)
+    log_w = log_lik + log_pz - log_q
+    iwae = np.logaddexp.reduce(log_w, axis=1) - np.log(k)
+    kl = 0.5 * np.sum(mu**2 + np.exp(model.logvar) - 1 - model.logvar, axis=1)
+    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(r.log_px, iwae, atol=1e-4)
+    np.testing.assert_allclose(r.elbo, log_lik.mean(axis=1) - kl, atol=1e-4)
+    np.testing.assert_allclose(r.kl, kl, atol=1e-5)
+    np.testing.assert_allclose(r.ess, w.sum(axis=1) ** 2 / (w**2).sum(axis=1), rtol=1e-4)
+    np.testing.assert_allclose(r.elbo_se, log_lik.std(axis=1, ddof=1) / np.sqrt(k), rtol=1e-3)
+    assert r.per_dim is not None
+    np.testing.assert_allclose(r.per_dim, per_dim.mean(axis=1), atol=1e-5)
+    np.testing.assert_allclose(r.expected_log_joint + r.entropy - r.elbo, 0.0, atol=0.5)  # same ELBO, other form
+
+
+def test_same_seed_same_numbers_and_chunking_does_not_matter(worse_bundle: Path, x: np.ndarray) -> None:
+    whole = Engine(load_bundle(worse_bundle), CPU, chunk_samples=100_000)
+    chunked = Engine(load_bundle(worse_bundle), CPU, chunk_samples=96)
+    options = ScoreOptions(k=1000, per_dim=True, prior_estimate=True, anomaly=False)
+    a = whole.score(whole.prepare(x), options, seed=11)
+    b = whole.score(whole.prepare(x), options, seed=11)
+    c = chunked.score(chunked.prepare(x), options, seed=11)
+    d = whole.score(whole.prepare(x), options, seed=12)
+    for name in ("log_px", "log_px_se", "ess", "elbo", "elbo_se", "gap", "per_dim"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_allclose(getattr(a, name), getattr(c, name), rtol=1e-5, atol=1e-5)
+    assert a.prior is not None and c.prior is not None
+    np.testing.assert_allclose(a.prior.log_px, c.prior.log_px, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a.log_px, d.log_px, rtol=0, atol=1e-9)
+
+
+def test_a_result_does_not_depend_on_batch_position(worse: Engine, x: np.ndarray) -> None:
+    options = ScoreOptions(k=500, anomaly=False)
+    batch = worse.score(worse.prepare(x), options, seed=3)
+    for i in (0, 5):
+        alone = worse.score(worse.prepare(x[i:i + 1]), options, seed=3)
+        np.testing.assert_allclose(alone.log_px, batch.log_px[i:i + 1], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(alone.elbo, batch.elbo[i:i + 1], rtol=1e-6, atol=1e-5)
+    shuffled = worse.score(worse.prepare(x[::-1]), options, seed=3)
+    np.testing.assert_allclose(shuffled.log_px[::-1], batch.log_px, rtol=1e-6, atol=1e-5)
+
+
+def test_per_input_seeds_equal_separate_calls(worse: Engine, x: np.ndarray) -> None:
+    seeds = np.arange(len(x), dtype=np.uint64) + 100
+    merged = worse.score(worse.prepare(x), ScoreOptions(k=64, anomaly=False), seeds)
+    for i in range(len(x)):
+        alone = worse.score(worse.prepare(x[i:i + 1]), ScoreOptions(k=64, anomaly=False), int(seeds[i]))
+        np.testing.assert_allclose(alone.log_px, merged.log_px[i:i + 1], rtol=1e-6, atol=1e-5)
+
+
+def test_k_one_reports_no_standard_error(worse: Engine, x: np.ndarray) -> None:
+    r = worse.score(worse.prepare(x), ScoreOptions(k=1, anomaly=False), seed=0)
+    assert np.all(np.isnan(r.log_px_se)) and np.all(np.isnan(r.elbo_se))
+    np.testing.assert_allclose(r.ess, 1.0)

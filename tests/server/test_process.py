@@ -1,0 +1,153 @@
+"""The real `vaeserve-server` console script: serves, answers health checks, drains on SIGTERM, fails clearly."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.bundles import LinearGaussian
+from vaeserve.api import codec
+from vaeserve.api.v1 import vae_pb2 as pb
+from vaeserve.api.v1 import vae_pb2_grpc
+
+SCRIPT = Path(sys.executable).parent / "vaeserve-server"
+
+
+class ServerProcess:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([str(SCRIPT), "--host", "127.0.0.1", "--port", "0", "--device", "cpu", *args],
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._port: int | None = None
+        self._seen = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = re.search(r"listening on [\d.]+:(\d+)", line)
+            if match:
+                self._port = int(match.group(1))
+                self._seen.set()
+        self._seen.set()
+
+    @property
+    def address(self) -> str:
+        assert self._seen.wait(30) and self._port, "".join(self.lines)
+        return f"127.0.0.1:{self._port}"
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise AssertionError("server never became SERVING:\n" + "".join(self.lines))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def spawn() -> Iterator[type[ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    class Tracked(ServerProcess):
+        def __init__(self, *args: str) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.stop()
+
+
+def test_serves_the_bundled_model_by_default(spawn: type[ServerProcess]) -> None:
+    server = spawn()
+    server.wait_serving()
+    with grpc.insecure_channel(server.address) as channel:
+        info = vae_pb2_grpc.VaeServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+    assert info.header.model_name == "digits" and list(info.input_shape) == [1, 8, 8]
+    assert any("SERVING digits:1" in line for line in server.lines)
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(spawn: type[ServerProcess], worse_bundle: Path,
+                                                             lg: LinearGaussian) -> None:
+    server = spawn("--bundle", str(worse_bundle), "--grace-s", "60")
+    server.wait_serving()
+    x = lg.sample(1000, seed=1)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        expected = codec.from_proto(stub.Score(pb.ScoreRequest(x=codec.to_proto(x[:3]), k=10_000)).log_px)
+        long = stub.Score.future(pb.ScoreRequest(x=codec.to_proto(x), k=10_000))  # about 2 s of work
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        reply = long.result(timeout=60)
+    np.testing.assert_allclose(codec.from_proto(reply.log_px)[:3], expected, rtol=1e-6)
+    assert server.proc.wait(30) == 0
+    log = "".join(server.lines)
+    assert "shutting down" in log and "stopped" in log
+    assert re.search(r"method=Score id=\w+ status=OK in_bytes=\d+ out_bytes=\d+ ms=\d", log)
+
+
+def test_a_broken_bundle_stops_the_server_with_a_clear_message(spawn: type[ServerProcess], tmp_path: Path) -> None:
+    server = spawn("--bundle", str(tmp_path))
+    assert server.proc.wait(60) == 2
+    assert f"{tmp_path}/manifest.json: missing" in "".join(server.lines)
+
+
+def test_strict_cuda_without_a_gpu_refuses_to_start(spawn: type[ServerProcess]) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    server = spawn("--device", "cuda", "--strict-device")
+    assert server.proc.wait(60) == 2
+    assert "CUDAExecutionProvider" in "".join(server.lines)
+
+
+def test_cuda_without_a_gpu_falls_back_to_cpu(spawn: type[ServerProcess]) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    server = spawn("--device", "cuda")
+    server.wait_serving()
+    with grpc.insecure_channel(server.address) as channel:
+        info = vae_pb2_grpc.VaeServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert any("falling back to CPU" in line for line in server.lines)
+
+
+def test_the_server_never_imports_torch() -> None:
+    code = ("import sys, asyncio; import vaeserve.server.main, vaeserve.server.app as app; "
+            "from vaeserve.server.settings import Settings; "
+            "m = app.load_model(Settings(device='cpu')); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    from importlib.metadata import requires
+
+    forbidden = {"vaeserve-server": ("torch",), "vaeserve-api": ("torch", "onnxruntime"),
+                 "vaeserve-client": ("torch", "onnxruntime")}
+    for dist, names in forbidden.items():
+        assert not [r for r in requires(dist) or [] if r.startswith(names)], dist

@@ -1,0 +1,114 @@
+"""`vaeserve-train` end to end: train, evaluate, recalibrate and compare, on small runs of the embedded data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaeserve.server.bundle import load_bundle
+from vaeserve.server.engine import ScoreOptions
+from vaeserve.training.cli import main
+from vaeserve.training.pipeline import bundle_splits, cpu_engine
+
+QUICK = ["--epochs", "4", "--warmup", "1", "--eval-k", "64", "--calib-k", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "digits"
+    assert main(["train", "digits", "--out", str(out), *QUICK]) == 0
+    return out
+
+
+def test_train_writes_a_complete_bundle(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = load_bundle(trained).manifest
+    assert m.name == "digits" and m.input_shape == [1, 8, 8] and m.image is not None
+    assert m.preprocessing.scale == [1 / 16]
+    t = m.training
+    assert t is not None and t.dataset == "digits" and t.epochs == 4 and t.test_iwae.k == 64
+    assert t.test_iwae.value >= t.test_elbo.value - 3 * t.test_elbo.se  # IWAE is the tighter bound
+    assert m.calibration is not None and m.calibration.k == 32
+    assert len(m.calibration.scores) == 180
+
+
+def test_training_is_reproducible(trained: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    assert main(["train", "digits", "--out", str(again), *QUICK]) == 0
+    first, second = load_bundle(trained).manifest, load_bundle(again).manifest
+    assert first.sha256 == second.sha256  # the same weights, byte for byte
+    assert first.training.test_iwae == second.training.test_iwae  # type: ignore[union-attr]
+    assert first.calibration == second.calibration
+
+
+def test_calibration_reads_the_served_scale(trained: Path) -> None:
+    """Held-out normal data scored as the server scores it gives back exactly the calibration."""
+    bundle = load_bundle(trained)
+    engine = cpu_engine(bundle)
+    calibration = bundle.manifest.calibration
+    assert calibration is not None
+    calib = bundle_splits(bundle).calib
+    result = engine.score(engine.prepare(calib), ScoreOptions(k=calibration.k), seed=calibration.seed)
+    assert result.anomaly is not None
+    np.testing.assert_allclose(np.sort(result.anomaly.score), calibration.scores, rtol=1e-9)
+    assert result.anomaly.percentile.max() == 100.0
+
+
+def test_evaluate_prints_every_k_and_saves_pictures(trained: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(trained), "--ks", "1,10,100", "--pictures", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines()]
+    ks = [int(words[0]) for words in lines if words and words[0].isdigit()]
+    assert ks == [1, 10, 100]
+    assert "active units:" in out
+    from PIL import Image
+
+    with Image.open(tmp_path / "samples.png") as picture:
+        assert picture.size[0] > 100 and picture.format == "PNG"
+
+
+def test_recalibrate_on_other_normal_data(trained: Path, tmp_path: Path) -> None:
+    before = load_bundle(trained).manifest
+    from sklearn.datasets import load_digits
+
+    ones = load_digits().data[load_digits().target == 1][:50]
+    np.save(tmp_path / "ones.npy", ones)
+    assert main(["calibrate", str(trained), str(tmp_path / "ones.npy"), "--k", "16"]) == 0
+    after = load_bundle(trained).manifest
+    assert after.sha256 == before.sha256 and after.training == before.training
+    assert after.calibration is not None and after.calibration.k == 16 and len(after.calibration.scores) == 50
+    assert after.calibration.dataset == "ones.npy"
+
+
+def test_compare_with_classical_density_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bc"
+    assert main(["train", "breast-cancer", "--out", str(out), *QUICK]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(out), "--k", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "VAE, IWAE" in text and "probabilistic PCA" in text and "Gaussian mixture" in text
+
+
+def test_class_subset_and_user_files(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.save(tmp_path / "x.npy", digits.images)
+    np.save(tmp_path / "y.npy", digits.target)
+    out = tmp_path / "normal"
+    assert main(["train", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"), "--classes", "0,1",
+                 "--likelihood", "bernoulli", "--latent", "4", "--out", str(out), *QUICK]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["training"]["classes"] == [0, 1] and m["preprocessing"]["scale"] == [pytest.approx(1 / 255)]
+    assert m["training"]["n_train"] < 400
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o"), *QUICK]) == 2
+    assert "missing.csv: no such file" in capsys.readouterr().err
+    np.save(tmp_path / "big.npy", np.full((30, 4), 7.5))
+    assert main(["train", str(tmp_path / "big.npy"), "--likelihood", "bernoulli", *QUICK]) == 2
+    assert "big.npy: values up to 7.5" in capsys.readouterr().err
