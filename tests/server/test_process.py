@@ -151,3 +151,14 @@ def test_the_server_never_imports_torch() -> None:
                  "vaeserve-client": ("torch", "onnxruntime")}
     for dist, names in forbidden.items():
         assert not [r for r in requires(dist) or [] if r.startswith(names)], dist
+
+
+def test_healthcheck_probe(spawn: type[ServerProcess]) -> None:
+    probe = Path(sys.executable).parent / "vaeserve-healthcheck"
+    server = spawn()
+    server.wait_serving()
+    done = subprocess.run([str(probe), "--target", server.address], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "SERVING" in done.stdout
+    done = subprocess.run([str(probe), "--target", "127.0.0.1:1", "--timeout", "2"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 1 and "UNAVAILABLE" in done.stderr
