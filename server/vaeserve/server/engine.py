@@ -117,7 +117,7 @@ class ScoreResult:
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, config: RuntimeConfig | None = None, *, chunk_samples: int = 4096,
+    def __init__(self, bundle: Bundle, config: RuntimeConfig | None = None, *, chunk_samples: int = 2048,
                  noise_cache_bytes: int = 64 << 20) -> None:
         config = config or RuntimeConfig()
         self.bundle = bundle
