@@ -107,7 +107,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(spawn: type[ServerP
     assert server.proc.wait(30) == 0
     log = "".join(server.lines)
     assert "shutting down" in log and "stopped" in log
-    assert re.search(r"method=Score id=\w+ status=OK in_bytes=\d+ out_bytes=\d+ ms=\d", log)
+    assert re.search(r"method=Score id=[\w-]+ status=OK in_bytes=\d+ out_bytes=\d+ ms=\d", log)
 
 
 def test_a_broken_bundle_stops_the_server_with_a_clear_message(spawn: type[ServerProcess], tmp_path: Path) -> None:

@@ -296,8 +296,9 @@ def test_dynamic_batching_merges_and_returns_what_the_plain_path_returns(
                                        rtol=1e-6, atol=1e-6)
     model = batched.app.servicer.model
     assert model is not None
-    merged_runs = sum(b.batches for b in model._batchers.values())
-    assert merged_runs < 2 * 48, "concurrent requests were never merged"
+    requests = sum(b.requests for b in model._batchers.values())
+    runs = sum(b.runs for b in model._batchers.values())
+    assert requests == 2 * 48 and runs < requests, "concurrent requests were never merged"
 
 
 def test_health_is_not_serving_until_the_model_is_loaded(serve: Callable[..., RunningServer],

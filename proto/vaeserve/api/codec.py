@@ -7,6 +7,7 @@ A tensor on the wire is a dtype, a shape and raw little-endian bytes in C order
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 
 import numpy as np
@@ -49,27 +50,28 @@ def from_proto(
     tensor: vae_pb2.Tensor,
     *,
     name: str = "tensor",
-    dtypes: Collection[npt.DTypeLike] | None = None,
+    dtypes: Collection[np.dtype] | None = None,
     shapes: Sequence[Sequence[int | None]] | None = None,
 ) -> np.ndarray:
     """Decodes a tensor, checking its dtype, shape and byte length.
 
-    ``shapes`` lists the accepted shapes; ``None`` in a shape matches any size. The
-    array returned is a read-only view of the message's bytes.
+    ``dtypes`` is a collection of numpy dtypes (a set is fastest); ``shapes`` lists the
+    accepted shapes, where ``None`` matches any size. The array returned is a read-only
+    view of the message's bytes.
     """
     dtype = _NUMPY_OF.get(tensor.dtype)
     if dtype is None:
         raise TensorError(f"{name}: {_wire_name(tensor.dtype)} is not a valid tensor dtype")
-    if dtypes is not None and not any(dtype == np.dtype(d) for d in dtypes):
+    if dtypes is not None and dtype not in dtypes:
         allowed = ", ".join(sorted(np.dtype(d).name for d in dtypes))
         raise TensorError(f"{name}: dtype {dtype.name} is not accepted here (accepted: {allowed})")
-    shape = tuple(int(s) for s in tensor.shape)
+    shape = tuple(tensor.shape)
     if any(s < 0 for s in shape):
         raise TensorError(f"{name}: shape {shape} has a negative dimension")
     if shapes is not None and not any(_matches(shape, want) for want in shapes):
         expected = " or ".join(_show(want) for want in shapes)
         raise TensorError(f"{name}: expected shape {expected}, got {shape}")
-    expected_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected_bytes = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected_bytes:
         raise TensorError(
             f"{name}: shape {shape} of {dtype.name} needs {expected_bytes} bytes, got {len(tensor.data)}"

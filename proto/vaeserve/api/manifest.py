@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, field_validator, model_validator
 
 __all__ = [
     "DECODER_FILE",
@@ -73,23 +73,25 @@ class Preprocessing(_Strict):
             raise ValueError("a scale of 0 would erase a feature")
         return values
 
+    _shift: np.ndarray = PrivateAttr()
+    _scale: np.ndarray = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._shift = np.asarray(self.shift, dtype=np.float64)
+        self._scale = np.asarray(self.scale, dtype=np.float64)
+
     def apply(self, raw: npt.ArrayLike) -> np.ndarray:
         """Raw [B, D] -> model-space float32 [B, D]."""
-        shift, scale = self._arrays()
-        return ((np.asarray(raw, dtype=np.float64) - shift) * scale).astype(np.float32)
+        return ((np.asarray(raw, dtype=np.float64) - self._shift) * self._scale).astype(np.float32)
 
     def invert(self, x: npt.ArrayLike) -> np.ndarray:
         """Model-space [B, D] -> raw units, float64."""
-        shift, scale = self._arrays()
-        return np.asarray(x, dtype=np.float64) / scale + shift
+        return np.asarray(x, dtype=np.float64) / self._scale + self._shift
 
     def log_abs_det(self, dim: int) -> float:
         """log |d x / d raw|: add it to a Gaussian model's log p(x) to get the density of raw data."""
         scale = np.broadcast_to(np.asarray(self.scale, dtype=np.float64), (dim,))
         return float(np.sum(np.log(np.abs(scale))))
-
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.shift, dtype=np.float64), np.asarray(self.scale, dtype=np.float64)
 
 
 class Estimate(_Strict):

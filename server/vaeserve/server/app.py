@@ -36,6 +36,8 @@ class App:
     health: health.aio.HealthServicer
 
     async def set_model(self, model: ServedModel) -> None:
+        guard = self.servicer.guard
+        model.requests_in_flight = lambda: guard.in_flight
         self.servicer.model = model
         for name in ("", SERVICE_NAME):
             await self.health.set(name, _SERVING)

@@ -1,19 +1,19 @@
 """Dynamic batching: concurrent small requests merged into one engine run, like Triton's.
 
-Requests queue while the engine is busy; when it is free the worker takes everything
-queued (up to `max_inputs` inputs), waiting at most `max_delay_s` for more, runs one merged
-call and hands each request its own rows back. With max_delay_s = 0 a lone request is
-never held back, so batching costs nothing at low load. If a merged run fails, each
-request is run alone so an error belongs to the request that caused it.
+Requests queue while the engine is busy; a worker task drains the queue in batches of up
+to `max_inputs` inputs, waiting at most `max_delay_s` for more, runs one merged call and
+hands each request its own rows back. A request that arrives alone (nothing running, nothing
+queued, no other request in flight) runs at once, so batching costs nothing at low load. If a merged run fails, each request is run
+alone so an error belongs to the request that caused it. The worker exits when the queue
+is empty and is started again by the next request, so no request can wait on a dead worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 __all__ = ["DynamicBatcher"]
@@ -26,89 +26,109 @@ Result = TypeVar("Result")
 class _Pending(Generic[Item, Result]):
     item: Item
     size: int
-    future: asyncio.Future[Result] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[Result]
 
 
 class DynamicBatcher(Generic[Item, Result]):
-    """`run(items)` computes a list of results for a list of items, in order (called in `executor`)."""
+    """`run(items)` computes the results of a list of items, in order; `run` decides where it executes."""
 
-    def __init__(self, run: Callable[[list[Item]], list[Result]], executor: Executor, *,
-                 max_inputs: int, max_delay_s: float = 0.0) -> None:
+    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Result]]], *, max_inputs: int,
+                 max_delay_s: float = 0.0, contended: Callable[[], bool] = lambda: False) -> None:
         self._run = run
-        self._executor = executor
+        self._contended = contended
         self._max_inputs = max_inputs
         self._max_delay_s = max_delay_s
         self._queue: collections.deque[_Pending[Item, Result]] = collections.deque()
-        self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self.batches = 0  # merged runs so far (for tests and metrics)
+        self._busy = False  # a run is in progress
+        self.requests = 0  # submitted so far
+        self.runs = 0  # engine runs so far; runs < requests when requests were merged
 
     async def submit(self, item: Item, size: int) -> Result:
-        pending: _Pending[Item, Result] = _Pending(item, size)
+        self.requests += 1
+        if not self._busy and not self._queue:
+            await asyncio.sleep(0)  # requests that arrived together reach this point before we decide
+        if not self._busy and not self._queue and not self._contended():
+            # Alone: run now, with no queue and no task to pay for.
+            self._busy = True
+            self.runs += 1
+            try:
+                return (await self._run([item]))[0]
+            finally:
+                self._busy = False
+                self._ensure_worker()
+        loop = asyncio.get_running_loop()
+        pending: _Pending[Item, Result] = _Pending(item, size, loop.create_future())
         self._queue.append(pending)
-        self._wake.set()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work(), name="vaeserve-batcher")
+        self._ensure_worker()
         return await pending.future
 
+    def _ensure_worker(self) -> None:
+        if self._queue and not self._busy and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(self._drain(), name="vaeserve-batcher")
+
     async def close(self) -> None:
-        if self._worker is not None:
+        if self._worker is not None and not self._worker.done():
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            batch = await self._take(loop)
-            if not batch:
-                continue
-            self.batches += 1
-            items = [p.item for p in batch]
-            try:
-                results = await loop.run_in_executor(self._executor, self._run, items)
-            except Exception:
-                if len(batch) == 1:
-                    results = None
-                else:
-                    await self._run_alone(loop, batch)
-                    continue
-            if results is None:
-                await self._run_alone(loop, batch)
-                continue
-            for pending, result in zip(batch, results):
+    async def _drain(self) -> None:
+        batch: list[_Pending[Item, Result]] = []
+        try:
+            while self._queue:
+                if self._max_delay_s > 0 and sum(p.size for p in self._queue) < self._max_inputs:
+                    await asyncio.sleep(self._max_delay_s)
+                batch = self._take()
+                if batch:
+                    self._busy = True
+                    try:
+                        await self._execute(batch)
+                    finally:
+                        self._busy = False
+                batch = []
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+            for pending in [*batch, *self._queue]:
                 if not pending.future.done():
-                    pending.future.set_result(result)
+                    pending.future.set_exception(failure)
+            self._queue.clear()
+            raise
 
-    async def _take(self, loop: asyncio.AbstractEventLoop) -> list[_Pending[Item, Result]]:
+    def _take(self) -> list[_Pending[Item, Result]]:
         batch: list[_Pending[Item, Result]] = []
         size = 0
-        deadline = loop.time() + self._max_delay_s
-        while True:
-            while self._queue and (not batch or size + self._queue[0].size <= self._max_inputs):
-                pending = self._queue.popleft()
-                if pending.future.cancelled():
-                    continue
+        while self._queue and (not batch or size + self._queue[0].size <= self._max_inputs):
+            pending = self._queue.popleft()
+            if not pending.future.done():  # a caller that went away (cancelled) is skipped
                 batch.append(pending)
                 size += pending.size
-            remaining = deadline - loop.time()
-            if size >= self._max_inputs or remaining <= 0 or (batch and self._queue):
-                return batch
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                return batch
+        return batch
 
-    async def _run_alone(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[Item, Result]]) -> None:
-        for pending in batch:
-            try:
-                result = (await loop.run_in_executor(self._executor, self._run, [pending.item]))[0]
-            except Exception as exc:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-                continue
-            if not pending.future.done():
-                pending.future.set_result(result)
+    async def _execute(self, batch: list[_Pending[Item, Result]]) -> None:
+        self.runs += 1
+        try:
+            results = await self._run([p.item for p in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exception=exc)
+                return
+            for pending in batch:
+                try:
+                    result = (await self._run([pending.item]))[0]
+                except Exception as alone:
+                    _settle(pending, exception=alone)
+                else:
+                    _settle(pending, result=result)
+            return
+        for pending, result in zip(batch, results):
+            _settle(pending, result=result)
+
+
+def _settle(pending: _Pending[Item, Result], *, result: Result | None = None, exception: Exception | None = None
+            ) -> None:
+    if pending.future.done():
+        return
+    if exception is not None:
+        pending.future.set_exception(exception)
+    else:
+        pending.future.set_result(result)  # type: ignore[arg-type]

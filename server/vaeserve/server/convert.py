@@ -23,8 +23,8 @@ __all__ = [
     "encode_to_pb", "header", "model_info_to_pb", "sample_from_pb", "score_from_pb", "score_to_pb",
 ]
 
-INPUT_DTYPES = (np.float32, np.float64, np.uint8, np.int32, np.int64)
-LATENT_DTYPES = (np.float32, np.float64)
+INPUT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64, np.uint8, np.int32, np.int64))
+LATENT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64))
 _LIKELIHOOD = {"bernoulli": pb.LIKELIHOOD_BERNOULLI, "gaussian": pb.LIKELIHOOD_GAUSSIAN}
 SERVER_VERSION = "0.1.0"
 

@@ -27,7 +27,7 @@ from vaeserve.server.estimators import (
 )
 from vaeserve.server.graphs import LOG_LIK, PER_DIM, Z_LOGVAR, Z_MEAN, Z_SQ, Variant, build_score_graph
 from vaeserve.server.noise import NoiseSource, stream
-from vaeserve.server.runtime import Runner, RuntimeConfig, choose_providers
+from vaeserve.server.runtime import RuntimeConfig, SizedRunner, choose_providers
 
 __all__ = ["Anomaly", "Engine", "Estimate", "ScoreOptions", "ScoreResult"]
 
@@ -36,6 +36,7 @@ _VARIANTS = [Variant(p, d) for p in ("posterior", "prior") for d in (False, True
 # Values a float32 graph squares without overflow; far beyond any preprocessed data.
 _GAUSSIAN_LIMIT = 1e6
 _BERNOULLI_SLACK = 1e-5  # float rounding of raw * scale, e.g. 255 * (1 / 255)
+SMALL_RUN = 64  # inputs x draws up to which a run is single-threaded (cheaper than waking a thread pool)
 
 
 def _no_check() -> None:
@@ -123,12 +124,15 @@ class Engine:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
         providers = choose_providers(config)
-        self._encoder = Runner(bundle.encoder, config, providers)
-        self._decoder = Runner(bundle.decoder, config, providers)
-        self._score = {v: Runner(build_score_graph(bundle, v), config, providers) for v in _VARIANTS}
+        self._encoder = SizedRunner(bundle.encoder, config, providers, SMALL_RUN)
+        self._decoder = SizedRunner(bundle.decoder, config, providers, SMALL_RUN)
+        self._score = {v: SizedRunner(build_score_graph(bundle, v), config, providers, SMALL_RUN) for v in _VARIANTS}
         self.provider = self._encoder.provider
         self.chunk_samples = chunk_samples
         self.noise = NoiseSource(self.manifest.latent_dim, noise_cache_bytes)
+        shape = tuple(self.manifest.input_shape)
+        self._input_shapes = [shape] + ([shape[1:]] if len(shape) == 3 and shape[0] == 1 else []) \
+            + ([(self.manifest.dim,)] if len(shape) > 1 else [])
         gaussian = self.manifest.likelihood == "gaussian"
         self._log_lik_const = log_standard_normal_const(self.manifest.dim) if gaussian else 0.0
         self._per_dim_const = log_standard_normal_const(1) if gaussian else 0.0
@@ -138,41 +142,36 @@ class Engine:
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         """Accepted shapes of one input: the manifest's, without a leading channel of 1, and flat."""
-        shape = tuple(self.manifest.input_shape)
-        shapes = [shape]
-        if len(shape) == 3 and shape[0] == 1:
-            shapes.append(shape[1:])
-        if len(shape) > 1:
-            shapes.append((self.manifest.dim,))
-        return shapes
+        return self._input_shapes
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """Raw client inputs [B, *input_shape] or [B, D] -> checked model-space float32 [B, D]."""
-        dim = self.manifest.dim
-        if raw.ndim < 1 or tuple(raw.shape[1:]) not in self.input_shapes:
-            wanted = " or ".join("(" + ", ".join(["B", *map(str, s)]) + ")" for s in self.input_shapes)
+        if raw.ndim < 1 or raw.shape[1:] not in self._input_shapes:
+            wanted = " or ".join("(" + ", ".join(["B", *map(str, s)]) + ")" for s in self._input_shapes)
             raise InvalidArgument(f"x has shape {tuple(raw.shape)}; this model takes {wanted}")
         if raw.shape[0] == 0:
             raise InvalidArgument("x is an empty batch; send at least one input")
-        flat = raw.reshape(raw.shape[0], dim)
-        if raw.dtype.kind == "f":
-            _require_finite(flat, "x")
+        flat = raw.reshape(raw.shape[0], self.manifest.dim)
         x = self.manifest.preprocessing.apply(flat)
-        _require_finite(x, "x after preprocessing")
+        if not np.isfinite(x).all():  # NaN and infinity survive the affine map (or overflow float32)
+            raw_bad = raw.dtype.kind == "f" and not np.isfinite(flat).all()
+            _require_finite(flat if raw_bad else x, "x" if raw_bad else "x after preprocessing")
         if self.manifest.likelihood == "bernoulli":
             low, high = float(x.min()), float(x.max())
-            if low < -_BERNOULLI_SLACK or high > 1 + _BERNOULLI_SLACK:
-                row, col = np.unravel_index(int(np.argmax((x < -_BERNOULLI_SLACK) | (x > 1 + _BERNOULLI_SLACK))), x.shape)
-                raise InvalidArgument(
-                    f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after preprocessing; "
-                    f"this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
-                    f"{self._raw_range(col)})")
-            np.clip(x, 0.0, 1.0, out=x)
+            if low < 0.0 or high > 1.0:
+                if low < -_BERNOULLI_SLACK or high > 1 + _BERNOULLI_SLACK:
+                    bad = (x < -_BERNOULLI_SLACK) | (x > 1 + _BERNOULLI_SLACK)
+                    row, col = np.unravel_index(int(np.argmax(bad)), x.shape)
+                    raise InvalidArgument(
+                        f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after "
+                        f"preprocessing; this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
+                        f"{self._raw_range(col)})")
+                np.clip(x, 0.0, 1.0, out=x)
         elif float(np.abs(x).max()) > _GAUSSIAN_LIMIT:
             row = int(np.argmax(np.abs(x).max(axis=1)))
             raise InvalidArgument(f"x[{row}] has a value of magnitude above {_GAUSSIAN_LIMIT:g} after preprocessing; "
                                   "far outside anything this model can score")
-        return np.ascontiguousarray(x)
+        return x
 
     def _raw_range(self, feature: int) -> str:
         ends = self.manifest.preprocessing.invert(np.array([[0.0], [1.0]]))
@@ -184,7 +183,7 @@ class Engine:
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shaped = x.reshape(-1, *self.manifest.input_shape)
-        mean, logvar = self._encoder.run(["z_mean", "z_logvar"], {"x": shaped})
+        mean, logvar = self._encoder.run(["z_mean", "z_logvar"], {"x": shaped}, len(shaped))
         return mean, logvar
 
     def posterior_samples(self, x: np.ndarray, n: int, seed: int, *, resample: bool = False, proposals: int = 1000,
@@ -217,7 +216,7 @@ class Engine:
             raise InvalidArgument("z is an empty batch; send at least one latent vector")
         _require_finite(z, "z")
         names = list(self.manifest.decoder_outputs)
-        outputs = dict(zip(names, self._decoder.run(names, {"z": np.ascontiguousarray(z, dtype=np.float32)})))
+        outputs = dict(zip(names, self._decoder.run(names, {"z": np.ascontiguousarray(z, dtype=np.float32)}, len(z))))
         if self.manifest.likelihood == "bernoulli":
             outputs["probs"] = _sigmoid(outputs["logits"])
         return outputs
@@ -317,7 +316,8 @@ class Engine:
 
     def _run_chunk(self, variant: Variant, x: np.ndarray, eps: np.ndarray, first_row: int) -> _Chunk:
         """One session run: log p(x|z_k), log p(z_k) and log w_k for draws eps [E, C, L] of inputs x."""
-        out = dict(zip(variant.outputs, self._score[variant].run(variant.outputs, {"x": x, "eps": eps})))
+        rows = len(x) * eps.shape[1]
+        out = dict(zip(variant.outputs, self._score[variant].run(variant.outputs, {"x": x, "eps": eps}, rows)))
         log_lik = out[LOG_LIK].astype(np.float64) + self._log_lik_const
         if variant.proposal == "prior":
             chunk = _Chunk(log_lik=log_lik, log_pz=None, log_w=log_lik)
@@ -358,8 +358,11 @@ class Engine:
             if params[name].shape != (2, *m.input_shape):
                 raise BundleError(f"decoder output {name!r} has shape {params[name].shape}; "
                                       f"expected (2, {', '.join(map(str, m.input_shape))})")
+        big = np.repeat(x[:1], SMALL_RUN + 1, axis=0)  # the multi-threaded sessions too
+        self.decode(self.encode(big)[0])
         for variant in _VARIANTS:
             self._estimate(x, 2, np.zeros(2, np.uint64), variant, _no_check)
+            self._estimate(big, 2, np.zeros(len(big), np.uint64), variant, _no_check)
 
 
 def _threshold(read: Callable[[float], float], quantile: float) -> float:

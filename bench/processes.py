@@ -1,0 +1,69 @@
+"""Servers under test as separate processes: vaeserve-server and the bare echo server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def rss_mb(self, peak: bool = False) -> float:
+        """Resident memory now (VmRSS) or at its peak so far (VmHWM), in MB."""
+        field = "VmHWM" if peak else "VmRSS"
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024.0
+        raise RuntimeError(f"no {field} for pid {self.proc.pid}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class VaeServer(Process):
+    def __init__(self, bundle: Path, *flags: str) -> None:
+        self.port = free_port()
+        script = Path(sys.executable).parent / "vaeserve-server"
+        super().__init__([str(script), "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(self.port),
+                          "--device", "cpu", "--no-log-requests", "--log-level", "WARNING", *flags])
+        self.address = f"127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"vaeserve-server did not become SERVING: {self.proc.stdout.read() if self.proc.stdout else ''}")
+
+
+class EchoServer(Process):
+    def __init__(self, reply_bytes: int) -> None:
+        self.port = free_port()
+        super().__init__([sys.executable, "-m", "bench.echo", str(self.port), str(reply_bytes)])
+        self.address = f"127.0.0.1:{self.port}"
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("echo server did not start")

@@ -1,0 +1,195 @@
+"""The deployment end to end: docker-compose.yml and the images on a real Docker engine (make test-compose).
+
+Sets up what it needs (docker.io and docker-compose from apt, dockerd, the local base image once, the
+wheel cache if absent), builds the images, then runs a uniquely named compose project: a client
+container's scores equal an in-process server's, SIGTERM drains a request in flight and a restart
+keeps serving, and three replicas share round-robin calls. The project is taken down, volumes
+included, however the test ends. Stage times are printed; BASE_IMAGE picks another base image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from tests.serving import RunningServer, server_settings
+from vaeserve.client import Client
+
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(1200)]
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_BASE = "vaeserve-base:3.11-bookworm"
+BASE_IMAGE = os.environ.get("BASE_IMAGE", LOCAL_BASE)
+# Compose files read the environment: keep the caller's VAESERVE_* settings out of the deployment.
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("VAESERVE_")},
+       "BASE_IMAGE": BASE_IMAGE, "DEBIAN_FRONTEND": "noninteractive"}
+ROWS, K, SEED = 200, 100, 1234
+SLOW_K = 10_000  # a Score request that computes for seconds: long enough to be in flight at SIGTERM
+
+Stage = Callable[[str], contextlib.AbstractContextManager[None]]
+Compose = Callable[..., str]
+
+
+def sh(*cmd: str, stdin: bytes | None = None, timeout: float = 900) -> str:
+    done = subprocess.run(cmd, cwd=REPO, env=ENV, input=stdin, capture_output=True, timeout=timeout)
+    if done.returncode:
+        output = (done.stdout + done.stderr).decode(errors="replace")[-4000:]
+        raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{output}")
+    return done.stdout.decode()
+
+
+def docker_up() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def ensure_docker_engine() -> None:
+    """CI runs as root on a fresh machine: install the engine and start it when missing."""
+    missing = [pkg for pkg, tool in [("docker.io", "docker"), ("docker-compose", "docker-compose"),
+                                     ("debootstrap", "debootstrap")] if not shutil.which(tool)]
+    if missing:
+        sh("apt-get", "update", "-q")
+        sh("apt-get", "install", "-y", "-q", *missing)
+    if docker_up():
+        return
+    with open("/var/log/dockerd.log", "ab") as log:
+        subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)  # outlives the test
+    deadline = time.monotonic() + 60
+    while not docker_up():
+        assert time.monotonic() < deadline, "dockerd did not start in 60 s: see /var/log/dockerd.log"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def stage(request: pytest.FixtureRequest) -> Stage:
+    """Times a stage and prints it past pytest's output capture."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[compose] {name}: {time.monotonic() - start:.1f} s")
+
+    return timed
+
+
+@pytest.fixture(scope="module")
+def images(stage: Stage) -> None:
+    with stage("docker engine"):
+        ensure_docker_engine()
+    if BASE_IMAGE == LOCAL_BASE:
+        with stage("base image"):
+            sh("docker/build-base-image.sh", LOCAL_BASE)
+    if not (REPO / ".wheels").is_dir():
+        with stage("wheel cache"):
+            sh("docker/build-wheels.sh")
+    with stage("images"):
+        sh("docker-compose", "build", "server", "client")
+
+
+def healthy_servers(compose: Compose, replicas: int, timeout: float = 120) -> list[str]:
+    """The server containers' ids, once `replicas` of them report healthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = compose("ps", "-q", "server").split()
+        states = sh("docker", "inspect", "-f", "{{.State.Health.Status}}", *ids).split() if ids else []
+        if len(ids) == replicas and set(states) == {"healthy"}:
+            return ids
+        if time.monotonic() > deadline:
+            raise AssertionError(f"servers {states}, not {replicas} healthy after {timeout} s:\n"
+                                 + compose("logs", "--tail", "20", "server"))
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def compose(images: None, stage: Stage) -> Iterator[Compose]:
+    project = f"vaeservetest{os.getpid()}{secrets.token_hex(3)}"
+
+    def run(*args: str, stdin: bytes | None = None) -> str:
+        return sh("docker-compose", "-p", project, *args, stdin=stdin)
+
+    try:
+        with stage("up + healthy"):
+            run("up", "-d", "server")
+            healthy_servers(run, 1)
+        yield run
+    finally:
+        with stage("down"):
+            run("down", "-v", "--remove-orphans")
+        label = f"label=com.docker.compose.project={project}"
+        left = [sh("docker", kind, "ls", "-q", "--filter", label) for kind in ("container", "volume", "network")]
+        assert not "".join(left).strip(), f"project {project} left behind: {left}"
+
+
+def digits() -> np.ndarray:
+    return load_digits().data[:ROWS]
+
+
+def test_client_container_scores_equal_in_process_server(compose: Compose, stage: Stage,
+                                                         digits_bundle: Path) -> None:
+    x = digits()
+    npy = io.BytesIO()
+    np.save(npy, x)
+    # Data in on stdin and the CSV out on stdout: no bind mount, so it works with any engine.
+    script = (f"cat > /tmp/x.npy && vaeserve --target server:50051 score /tmp/x.npy --k {K} --seed {SEED} "
+              f"--out /tmp/scores.csv --json >&2 && cat /tmp/scores.csv")
+    with stage("score in a client container"):
+        rows = list(csv.DictReader(io.StringIO(compose("run", "--rm", "-T", "client", "sh", "-c", script,
+                                                       stdin=npy.getvalue()))))
+    server = RunningServer(server_settings(digits_bundle))
+    try:
+        with Client(server.address) as client:
+            expected = client.score(x, k=K, seed=SEED)
+    finally:
+        server.stop()
+    assert [int(r["index"]) for r in rows] == list(range(ROWS))
+    # The CSV keeps 6 significant digits: up to 5e-6 relative.
+    np.testing.assert_allclose([float(r["log_px"]) for r in rows], expected.log_px, rtol=1e-5)
+    np.testing.assert_allclose([float(r["elbo"]) for r in rows], expected.elbo, rtol=1e-5)
+
+
+def test_restart_drains_the_request_in_flight_and_serves_again(compose: Compose, stage: Stage) -> None:
+    port = compose("port", "server", "50051").strip().rsplit(":", 1)[1]
+    with Client(f"127.0.0.1:{port}", retries=0) as client, ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(lambda: (client.score(digits(), k=SLOW_K, seed=SEED), time.monotonic()))
+        time.sleep(1.0)
+        assert not in_flight.done(), "the request finished before SIGTERM: raise SLOW_K"
+        sigterm = time.monotonic()
+        with stage("restart (drain + start)"):
+            compose("restart", "server")
+        scores, finished = in_flight.result()
+    assert len(scores) == ROWS and finished > sigterm
+    assert time.monotonic() - sigterm < 40, "the server was killed, not stopped by SIGTERM"
+    with stage("healthy after restart"):
+        healthy_servers(compose, 1)
+    assert "digits" in compose("run", "--rm", "-T", "client", "vaeserve", "--target", "server:50051", "info")
+
+
+def test_three_replicas_share_round_robin_calls(compose: Compose, stage: Stage) -> None:
+    with stage("scale to 3 + healthy"):
+        compose("up", "-d", "--scale", "server=3", "server")
+        ids = healthy_servers(compose, 3)
+    hostnames = set(sh("docker", "inspect", "-f", "{{.Config.Hostname}}", *ids).split())
+    # One channel for all calls: the replicas answer in turn (a CLI call would open a channel each).
+    snippet = ("from vaeserve.client import Client\n"
+               "with Client('dns:///server:50051', round_robin=True) as c:\n"
+               "    print(*[c.info().served_by.replica for _ in range(30)])")
+    with stage("30 round-robin calls"):
+        replicas = compose("run", "--rm", "-T", "client", "python", "-c", snippet).split()
+    assert len(replicas) == 30
+    assert set(replicas) == hostnames
