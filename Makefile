@@ -11,7 +11,7 @@ DISTS := proto server client training
 DEV_STAMP := $(VENV)/.installed
 SERVER_STAMP := $(SERVER_VENV)/.installed
 
-.PHONY: test serve venv proto check-proto models bench test-compose base-image clean
+.PHONY: test serve venv proto lint models bench test-compose base-image clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -34,6 +34,11 @@ test: $(DEV_STAMP)
 
 serve: $(SERVER_STAMP)
 	$(SERVER_VENV)/bin/vaeserve-server $(ARGS)
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy -p vaeserve.api -p vaeserve.server -p vaeserve.client -p vaeserve.training
 
 # Regenerate the gRPC stubs after editing proto/vaeserve/api/v1/vae.proto (a test checks they are current).
 proto: $(DEV_STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -38,13 +39,27 @@ SERVER_FLAGS: list[str] = os.environ.get("BENCH_SERVER_FLAGS", "").split()
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem / 2**20, 1),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
@@ -60,7 +75,7 @@ def iwae_flops(bundle_dim: int, hidden: list[int], latent: int, k: int) -> float
     """Multiply-adds x 2 of one IWAE estimate: the encoder once, the decoder K times."""
     enc = [bundle_dim, *hidden, 2 * latent]
     dec = [latent, *hidden[::-1], bundle_dim]
-    macs = sum(a * b for a, b in zip(enc, enc[1:])) + k * sum(a * b for a, b in zip(dec, dec[1:]))
+    macs = sum(a * b for a, b in itertools.pairwise(enc)) + k * sum(a * b for a, b in itertools.pairwise(dec))
     return 2.0 * macs
 
 
@@ -97,14 +112,34 @@ def section_iwae(x: np.ndarray, k: int, rows: list[dict[str, Any]]) -> None:
     peak = matmul_gflops()
     roofline = peak * 1e9 / flops
     rows += [
-        {"section": "a", "what": f"IWAE K={k}: served over gRPC", "value": served_rate, "unit": "inputs/s",
-         "ratio": f"{served_rate / in_process:.2f} x in-process, {served_rate / torch_rate:.2f} x torch eager"},
-        {"section": "a", "what": f"IWAE K={k}: in-process fused onnxruntime (engine)", "value": in_process,
-         "unit": "inputs/s", "ratio": ""},
-        {"section": "a", "what": f"IWAE K={k}: PyTorch eager, written by hand", "value": torch_rate,
-         "unit": "inputs/s", "ratio": ""},
-        {"section": "a", "what": f"matmul roofline ({peak:.0f} GFLOP/s, {flops / 1e9:.2f} GFLOP per input)",
-         "value": roofline, "unit": "inputs/s", "ratio": f"served = {100 * served_rate / roofline:.0f} % of it"},
+        {
+            "section": "a",
+            "what": f"IWAE K={k}: served over gRPC",
+            "value": served_rate,
+            "unit": "inputs/s",
+            "ratio": f"{served_rate / in_process:.2f} x in-process, {served_rate / torch_rate:.2f} x torch eager",
+        },
+        {
+            "section": "a",
+            "what": f"IWAE K={k}: in-process fused onnxruntime (engine)",
+            "value": in_process,
+            "unit": "inputs/s",
+            "ratio": "",
+        },
+        {
+            "section": "a",
+            "what": f"IWAE K={k}: PyTorch eager, written by hand",
+            "value": torch_rate,
+            "unit": "inputs/s",
+            "ratio": "",
+        },
+        {
+            "section": "a",
+            "what": f"matmul roofline ({peak:.0f} GFLOP/s, {flops / 1e9:.2f} GFLOP per input)",
+            "value": roofline,
+            "unit": "inputs/s",
+            "ratio": f"served = {100 * served_rate / roofline:.0f} % of it",
+        },
     ]
 
 
@@ -125,24 +160,39 @@ def section_encode(x: np.ndarray, seconds: float, rows: list[dict[str, Any]]) ->
     try:
         with grpc.insecure_channel(server.address) as channel:
             reply_bytes = len(channel.unary_unary("/vaeserve.api.v1.VaeService/Encode")(request))
-        ours = {c: asyncio.run(_encode_load(server.address, "/vaeserve.api.v1.VaeService/Encode", request, c, seconds))
-                for c in (1, 16, 64)}
+        ours = {
+            c: asyncio.run(_encode_load(server.address, "/vaeserve.api.v1.VaeService/Encode", request, c, seconds))
+            for c in (1, 16, 64)
+        }
     finally:
         server.stop()
     echo = EchoServer(reply_bytes)
     try:
-        bare = {c: asyncio.run(_encode_load(echo.address, "/bench.Echo/Call", request, c, seconds)) for c in (1, 16, 64)}
+        bare = {
+            c: asyncio.run(_encode_load(echo.address, "/bench.Echo/Call", request, c, seconds)) for c in (1, 16, 64)
+        }
     finally:
         echo.stop()
     for c in (1, 16, 64):
-        rows.append({"section": "b", "what": f"Encode, 1 input, {c} concurrent: vaeserve", "value": ours[c].rps,
-                     "unit": "requests/s",
-                     "ratio": f"{ours[c].rps / bare[c].rps:.2f} x echo; p50 {ours[c].p50_ms:.2f} ms, "
-                              f"p99 {ours[c].p99_ms:.2f} ms"})
-        rows.append({"section": "b", "what": f"Encode, 1 input, {c} concurrent: bare gRPC echo "
-                                             f"({len(request)} B in, {reply_bytes} B out)",
-                     "value": bare[c].rps, "unit": "requests/s",
-                     "ratio": f"p50 {bare[c].p50_ms:.2f} ms, p99 {bare[c].p99_ms:.2f} ms"})
+        rows.append(
+            {
+                "section": "b",
+                "what": f"Encode, 1 input, {c} concurrent: vaeserve",
+                "value": ours[c].rps,
+                "unit": "requests/s",
+                "ratio": f"{ours[c].rps / bare[c].rps:.2f} x echo; p50 {ours[c].p50_ms:.2f} ms, "
+                f"p99 {ours[c].p99_ms:.2f} ms",
+            }
+        )
+        rows.append(
+            {
+                "section": "b",
+                "what": f"Encode, 1 input, {c} concurrent: bare gRPC echo ({len(request)} B in, {reply_bytes} B out)",
+                "value": bare[c].rps,
+                "unit": "requests/s",
+                "ratio": f"p50 {bare[c].p50_ms:.2f} ms, p99 {bare[c].p99_ms:.2f} ms",
+            }
+        )
 
 
 def section_bulk(x: np.ndarray, n: int, batch: int, rows: list[dict[str, Any]]) -> None:
@@ -150,8 +200,10 @@ def section_bulk(x: np.ndarray, n: int, batch: int, rows: list[dict[str, Any]]) 
     engine = Engine(load_bundle(BUNDLE), RuntimeConfig(device="cpu"))
     engine.score(engine.prepare(data[:batch]), ScoreOptions(k=1, anomaly=False), 0)
     start = time.perf_counter()
-    local = [engine.score(engine.prepare(data[i:i + batch]), ScoreOptions(k=1, anomaly=False), 0).elbo
-             for i in range(0, n, batch)]
+    local = [
+        engine.score(engine.prepare(data[i : i + batch]), ScoreOptions(k=1, anomaly=False), 0).elbo
+        for i in range(0, n, batch)
+    ]
     in_process = n / (time.perf_counter() - start)
     server = VaeServer(BUNDLE)
     try:
@@ -164,10 +216,20 @@ def section_bulk(x: np.ndarray, n: int, batch: int, rows: list[dict[str, Any]]) 
         server.stop()
     np.testing.assert_allclose(np.concatenate(served), np.concatenate(local), rtol=1e-5, atol=1e-4)
     rows += [
-        {"section": "c", "what": f"bulk ELBO (K=1), {n} inputs: ScoreStream, {batch} per message",
-         "value": served_rate, "unit": "inputs/s", "ratio": f"{served_rate / in_process:.2f} x in-process"},
-        {"section": "c", "what": f"bulk ELBO (K=1), {n} inputs: in-process engine", "value": in_process,
-         "unit": "inputs/s", "ratio": ""},
+        {
+            "section": "c",
+            "what": f"bulk ELBO (K=1), {n} inputs: ScoreStream, {batch} per message",
+            "value": served_rate,
+            "unit": "inputs/s",
+            "ratio": f"{served_rate / in_process:.2f} x in-process",
+        },
+        {
+            "section": "c",
+            "what": f"bulk ELBO (K=1), {n} inputs: in-process engine",
+            "value": in_process,
+            "unit": "inputs/s",
+            "ratio": "",
+        },
     ]
 
 
@@ -183,10 +245,16 @@ def section_memory(x: np.ndarray, k: int, rows: list[dict[str, Any]]) -> None:
             peak = server.rss_mb(peak=True)
     finally:
         server.stop()
-    rows += [{"section": "d", "what": f"one input, K={k}: peak resident memory of the server",
-              "value": peak, "unit": "MB",
-              "ratio": f"+{peak - idle:.0f} MB over idle ({idle:.0f} MB); {seconds:.1f} s; "
-                       f"log p(x) {result.log_px[0]:.2f} ± {result.log_px_se[0]:.3f}"}]
+    rows += [
+        {
+            "section": "d",
+            "what": f"one input, K={k}: peak resident memory of the server",
+            "value": peak,
+            "unit": "MB",
+            "ratio": f"+{peak - idle:.0f} MB over idle ({idle:.0f} MB); {seconds:.1f} s; "
+            f"log p(x) {result.log_px[0]:.2f} ± {result.log_px_se[0]:.3f}",
+        }
+    ]
 
 
 def main() -> None:
@@ -202,15 +270,17 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     info = machine()
     if "a" in args.only:
-        section_iwae(x[:args.inputs], 5000, rows)
+        section_iwae(x[: args.inputs], 5000, rows)
     if "b" in args.only:
         section_encode(x, args.seconds, rows)
     if "c" in args.only:
         section_bulk(x, args.bulk, 2000, rows)
     if "d" in args.only:
         section_memory(x, 200_000, rows)
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; python {info['python']}, "
-          f"onnxruntime {info['onnxruntime']}, torch {info['torch']}; {info['date']}")
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; python {info['python']}, "
+        f"onnxruntime {info['onnxruntime']}, torch {info['torch']}; {info['date']}"
+    )
     print(f"model: {BUNDLE.relative_to(REPO)} (MLP 784-200-200-50, Bernoulli)\n")
     print("| | measurement | value | unit | comparison |\n|---|---|---:|---|---|")
     for row in rows:

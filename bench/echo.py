@@ -20,8 +20,7 @@ async def serve(port: int, reply_bytes: int) -> None:
     async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return reply
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)})
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)})
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")

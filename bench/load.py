@@ -23,8 +23,9 @@ class LoadResult:
         return self.calls / self.seconds
 
 
-async def closed_loop(call: Callable[[], Awaitable[object]], concurrency: int, seconds: float,
-                      warmup_s: float = 0.5) -> LoadResult:
+async def closed_loop(
+    call: Callable[[], Awaitable[object]], concurrency: int, seconds: float, warmup_s: float = 0.5
+) -> LoadResult:
     latencies: list[float] = []
     start = time.perf_counter()
     measure_from = start + warmup_s

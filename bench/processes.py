@@ -42,21 +42,40 @@ class VaeServer(Process):
     def __init__(self, bundle: Path, *flags: str) -> None:
         self.port = free_port()
         script = Path(sys.executable).parent / "vaeserve-server"
-        super().__init__([str(script), "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(self.port),
-                          "--device", "cpu", "--no-log-requests", "--log-level", "WARNING", *flags])
+        super().__init__(
+            [
+                str(script),
+                "--bundle",
+                str(bundle),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--device",
+                "cpu",
+                "--no-log-requests",
+                "--log-level",
+                "WARNING",
+                *flags,
+            ]
+        )
         self.address = f"127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         with grpc.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
                 except grpc.RpcError:
                     time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"vaeserve-server did not become SERVING: {self.proc.stdout.read() if self.proc.stdout else ''}")
+        raise RuntimeError(
+            f"vaeserve-server did not become SERVING: {self.proc.stdout.read() if self.proc.stdout else ''}"
+        )
 
 
 class EchoServer(Process):

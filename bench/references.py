@@ -21,9 +21,12 @@ def torch_model(bundle: Bundle) -> VAE:
     arch["hidden"] = tuple(arch["hidden"])
     arch["channels"] = tuple(arch["channels"])
     model = build_model(VAEConfig(**arch))
-    state = {t.name.removeprefix("vae."): torch.from_numpy(onnx.numpy_helper.to_array(t).copy())
-             for graph in (bundle.encoder.graph, bundle.decoder.graph) for t in graph.initializer
-             if t.name.startswith("vae.")}
+    state = {
+        t.name.removeprefix("vae."): torch.from_numpy(onnx.numpy_helper.to_array(t).copy())
+        for graph in (bundle.encoder.graph, bundle.decoder.graph)
+        for t in graph.initializer
+        if t.name.startswith("vae.")
+    }
     model.load_state_dict(state)
     return model.eval()
 

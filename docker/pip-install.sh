@@ -7,6 +7,7 @@ set -eu
 install() { python -m pip install --no-cache-dir --disable-pip-version-check -c /src/constraints.txt "$@"; }
 if ls /wheels/*.whl >/dev/null 2>&1; then
   install --no-index --find-links /wheels "$@" && exit 0
-  echo "pip-install.sh: the wheel cache lacks a requirement above; installing from the index" >&2
+  echo "pip-install.sh: the wheel cache lacks a requirement above (the trainer's: docker/build-wheels.sh --training);" \
+    "installing from the index" >&2
 fi
 install "$@"

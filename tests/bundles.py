@@ -74,17 +74,24 @@ class Encoder:
         return 0.5 * np.sum(vq / vp + (mq - mp) ** 2 / vp - 1.0 + np.log(vp / vq), axis=1)  # type: ignore[no-any-return]
 
 
-def _affine_graph(name: str, inp: str, in_dim: int, outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+def _affine_graph(
+    name: str, inp: str, in_dim: int, outputs: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> onnx.ModelProto:
     """Each output = inp @ M + c (float32), with a dynamic batch axis."""
     nodes, inits, outs = [], [], []
     for out, (M, c) in outputs.items():
-        inits += [numpy_helper.from_array(M.astype(np.float32), f"{out}_M"),
-                  numpy_helper.from_array(c.astype(np.float32), f"{out}_c")]
-        nodes += [helper.make_node("MatMul", [inp, f"{out}_M"], [f"{out}_mm"]),
-                  helper.make_node("Add", [f"{out}_mm", f"{out}_c"], [out])]
+        inits += [
+            numpy_helper.from_array(M.astype(np.float32), f"{out}_M"),
+            numpy_helper.from_array(c.astype(np.float32), f"{out}_c"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [inp, f"{out}_M"], [f"{out}_mm"]),
+            helper.make_node("Add", [f"{out}_mm", f"{out}_c"], [out]),
+        ]
         outs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", M.shape[1]]))
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(inp, TensorProto.FLOAT, ["N", in_dim])],
-                              outs, initializer=inits)
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info(inp, TensorProto.FLOAT, ["N", in_dim])], outs, initializer=inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -95,12 +102,24 @@ def write_bundle(path: Path, model: LinearGaussian, encoder: Encoder = Encoder()
     lam2 = (model.W**2).sum(axis=0)
     A = (model.W / (lam2 + model.s2)).T * encoder.shrink  # [L, D]
     logvar = np.log(encoder.var_scale * model.posterior_var)
-    enc = _affine_graph("encoder", "x", dim, {"z_mean": (A.T, -A @ model.b),
-                                               "z_logvar": (np.zeros((dim, latent)), logvar)})
-    dec = _affine_graph("decoder", "z", latent, {"mean": (model.W.T, model.b),
-                                                 "logvar": (np.zeros((latent, dim)), np.full(dim, np.log(model.s2)))})
-    manifest = {"name": "linear-gaussian", "version": "1", "input_shape": [dim], "latent_dim": latent,
-                "likelihood": "gaussian", "preprocessing": {"shift": [0.0], "scale": [1.0]}, **fields}
+    enc = _affine_graph(
+        "encoder", "x", dim, {"z_mean": (A.T, -A @ model.b), "z_logvar": (np.zeros((dim, latent)), logvar)}
+    )
+    dec = _affine_graph(
+        "decoder",
+        "z",
+        latent,
+        {"mean": (model.W.T, model.b), "logvar": (np.zeros((latent, dim)), np.full(dim, np.log(model.s2)))},
+    )
+    manifest = {
+        "name": "linear-gaussian",
+        "version": "1",
+        "input_shape": [dim],
+        "latent_dim": latent,
+        "likelihood": "gaussian",
+        "preprocessing": {"shift": [0.0], "scale": [1.0]},
+        **fields,
+    }
     return save_bundle(path, enc, dec, **manifest)
 
 
@@ -117,15 +136,28 @@ class LinearBernoulli:
     @staticmethod
     def random(dim: int = 12, latent: int = 3, seed: int = 0) -> LinearBernoulli:
         rng = np.random.default_rng(seed)
-        return LinearBernoulli(A=rng.normal(0, 0.3, (latent, dim)), c=rng.normal(0, 0.1, latent),
-                               logvar=rng.normal(-1.0, 0.2, latent), W=rng.normal(0, 1.0, (dim, latent)),
-                               b=rng.normal(0, 0.5, dim))
+        return LinearBernoulli(
+            A=rng.normal(0, 0.3, (latent, dim)),
+            c=rng.normal(0, 0.1, latent),
+            logvar=rng.normal(-1.0, 0.2, latent),
+            W=rng.normal(0, 1.0, (dim, latent)),
+            b=rng.normal(0, 0.5, dim),
+        )
 
     def write(self, path: Path) -> Bundle:
         dim, latent = self.W.shape
-        enc = _affine_graph("encoder", "x", dim, {"z_mean": (self.A.T, self.c),
-                                                   "z_logvar": (np.zeros((dim, latent)), self.logvar)})
+        enc = _affine_graph(
+            "encoder", "x", dim, {"z_mean": (self.A.T, self.c), "z_logvar": (np.zeros((dim, latent)), self.logvar)}
+        )
         dec = _affine_graph("decoder", "z", latent, {"logits": (self.W.T, self.b)})
-        return save_bundle(path, enc, dec, name="linear-bernoulli", version="1", input_shape=[dim],
-                           latent_dim=latent, likelihood="bernoulli",
-                           preprocessing={"shift": [0.0], "scale": [1.0]})
+        return save_bundle(
+            path,
+            enc,
+            dec,
+            name="linear-bernoulli",
+            version="1",
+            input_shape=[dim],
+            latent_dim=latent,
+            likelihood="bernoulli",
+            preprocessing={"shift": [0.0], "scale": [1.0]},
+        )

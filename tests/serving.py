@@ -15,8 +15,15 @@ T = TypeVar("T")
 
 
 def server_settings(bundle: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"bundle": bundle, "host": "127.0.0.1", "port": 0, "device": "cpu",
-                              "replica_id": "test-replica", "log_requests": False, **overrides}
+    values: dict[str, Any] = {
+        "bundle": bundle,
+        "host": "127.0.0.1",
+        "port": 0,
+        "device": "cpu",
+        "replica_id": "test-replica",
+        "log_requests": False,
+        **overrides,
+    }
     return Settings(**values)
 
 

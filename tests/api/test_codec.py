@@ -37,12 +37,15 @@ def test_dtypes_without_a_wire_form_are_refused(value: np.ndarray) -> None:
         to_proto(value)
 
 
-@pytest.mark.parametrize(("tensor", "message"), [
-    (pb.Tensor(), "not a valid tensor dtype"),
-    (pb.Tensor(dtype=99, shape=[1]), "unknown dtype 99"),
-    (pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, 2], data=b"\0" * 15), "needs 16 bytes, got 15"),
-    (pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[-1, 2], data=b""), "negative dimension"),
-])
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (pb.Tensor(), "not a valid tensor dtype"),
+        (pb.Tensor(dtype=99, shape=[1]), "unknown dtype 99"),
+        (pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, 2], data=b"\0" * 15), "needs 16 bytes, got 15"),
+        (pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[-1, 2], data=b""), "negative dimension"),
+    ],
+)
 def test_malformed_tensors(tensor: pb.Tensor, message: str) -> None:
     with pytest.raises(TensorError, match=message):
         from_proto(tensor, name="x")

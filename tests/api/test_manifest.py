@@ -15,9 +15,15 @@ HASH = "0" * 64
 
 def manifest(**changes: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "format_version": 1, "name": "m", "version": "1", "input_shape": [1, 2, 2], "latent_dim": 2,
-        "likelihood": "bernoulli", "sha256": {"encoder.onnx": HASH, "decoder.onnx": HASH},
-        "preprocessing": {"shift": [0.0], "scale": [1 / 255]}, "image": {"channels": 1, "height": 2, "width": 2},
+        "format_version": 1,
+        "name": "m",
+        "version": "1",
+        "input_shape": [1, 2, 2],
+        "latent_dim": 2,
+        "likelihood": "bernoulli",
+        "sha256": {"encoder.onnx": HASH, "decoder.onnx": HASH},
+        "preprocessing": {"shift": [0.0], "scale": [1 / 255]},
+        "image": {"channels": 1, "height": 2, "width": 2},
     }
     return {**base, **changes}
 
@@ -27,17 +33,20 @@ def test_a_valid_manifest() -> None:
     assert m.dim == 4 and m.decoder_outputs == ("logits",)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"format_version": 2}, "unsupported bundle format_version 2"),
-    ({"sha256": {"encoder.onnx": HASH}}, "needs the sha256 of decoder.onnx"),
-    ({"sha256": {"encoder.onnx": "xyz", "decoder.onnx": HASH}}, "64 lowercase hex digits"),
-    ({"preprocessing": {"shift": [0.0, 1.0], "scale": [1.0]}}, "needs 1 or 4"),
-    ({"preprocessing": {"shift": [0.0], "scale": [0.0]}}, "scale of 0"),
-    ({"image": {"channels": 1, "height": 3, "width": 2}}, "does not hold the 4 input features"),
-    ({"likelihood": "poisson"}, "likelihood"),
-    ({"name": "has space"}, "name"),
-    ({"surprise": 1}, "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": 2}, "unsupported bundle format_version 2"),
+        ({"sha256": {"encoder.onnx": HASH}}, "needs the sha256 of decoder.onnx"),
+        ({"sha256": {"encoder.onnx": "xyz", "decoder.onnx": HASH}}, "64 lowercase hex digits"),
+        ({"preprocessing": {"shift": [0.0, 1.0], "scale": [1.0]}}, "needs 1 or 4"),
+        ({"preprocessing": {"shift": [0.0], "scale": [0.0]}}, "scale of 0"),
+        ({"image": {"channels": 1, "height": 3, "width": 2}}, "does not hold the 4 input features"),
+        ({"likelihood": "poisson"}, "likelihood"),
+        ({"name": "has space"}, "name"),
+        ({"surprise": 1}, "Extra inputs are not permitted"),
+    ],
+)
 def test_refusals(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Manifest.model_validate(manifest(**changes))

@@ -43,11 +43,26 @@ def test_health_exit_status(digits_server: RunningServer, capsys: pytest.Capture
     assert "UNAVAILABLE from 127.0.0.1:1" in capsys.readouterr().err
 
 
-def test_score_writes_csv_and_summary(digits_server: RunningServer, digits_file: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_writes_csv_and_summary(
+    digits_server: RunningServer, digits_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "scores.csv"
-    assert run(digits_server, "score", str(digits_file), "--k", "200", "--seed", "3", "--out", str(out),
-               "--batch-size", "16") == 0
+    assert (
+        run(
+            digits_server,
+            "score",
+            str(digits_file),
+            "--k",
+            "200",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+        )
+        == 0
+    )
     summary = capsys.readouterr().out
     assert "inputs" in summary and "40" in summary and "flagged" in summary and "inputs/s" in summary
     with out.open() as f:
@@ -83,8 +98,18 @@ def test_encode_then_decode(digits_server: RunningServer, digits_file: Path, tmp
     assert run(digits_server, "encode", str(digits_file), "--out", str(prefix), "--samples", "2") == 0
     mean = np.load(f"{prefix}_mean.npy")
     assert mean.shape == (40, 8) and np.load(f"{prefix}_samples.npy").shape == (40, 2, 8)
-    assert run(digits_server, "decode", f"{prefix}_mean.npy", "--out", str(tmp_path / "x"),
-               "--png", str(tmp_path / "d.png")) == 0
+    assert (
+        run(
+            digits_server,
+            "decode",
+            f"{prefix}_mean.npy",
+            "--out",
+            str(tmp_path / "x"),
+            "--png",
+            str(tmp_path / "d.png"),
+        )
+        == 0
+    )
     probs = np.load(tmp_path / "x_probs.npy")
     assert probs.shape == (40, 1, 8, 8) and (tmp_path / "d.png").is_file()
 
@@ -105,7 +130,11 @@ def test_errors(digits_server: RunningServer, tmp_path: Path, capsys: pytest.Cap
 
 def test_the_console_script(digits_server: RunningServer, digits_file: Path) -> None:
     script = Path(sys.executable).parent / "vaeserve"
-    done = subprocess.run([str(script), "--target", digits_server.address, "score", str(digits_file), "--k", "20"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(script), "--target", digits_server.address, "score", str(digits_file), "--k", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "digits:1" in done.stdout

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import numpy as np
@@ -45,8 +45,9 @@ def test_info(client: Client) -> None:
     assert client.health() == "SERVING"
 
 
-def test_score_matches_the_server_and_the_closed_form(client: Client, worse_server: RunningServer,
-                                                      lg: LinearGaussian) -> None:
+def test_score_matches_the_server_and_the_closed_form(
+    client: Client, worse_server: RunningServer, lg: LinearGaussian
+) -> None:
     x = lg.sample(10, seed=5)  # three requests of at most 4 inputs, joined in order
     seen: list[tuple[int, int]] = []
     scores = client.score(x, k=5000, seed=7, prior_estimate=True, progress=lambda d, n: seen.append((d, n)))
@@ -69,7 +70,7 @@ def test_stream_gives_what_score_gives(client: Client, lg: LinearGaussian) -> No
     assert [len(p) for p in parts] == [4, 4, 3]
     joined = public._results.concat(parts)  # type: ignore[attr-defined]
     np.testing.assert_allclose(joined.log_px, client.score(x, k=100, seed=1).log_px, rtol=1e-6)
-    generated = list(client.score_stream((x[i:i + 5] for i in range(0, 11, 5)), k=100, seed=1))
+    generated = list(client.score_stream((x[i : i + 5] for i in range(0, 11, 5)), k=100, seed=1))
     assert [len(p) for p in generated] == [5, 5, 1]
 
 

@@ -34,10 +34,13 @@ REPO = Path(__file__).resolve().parents[2]
 LOCAL_BASE = "vaeserve-base:3.11-bookworm"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", LOCAL_BASE)
 # Compose files read the environment: keep the caller's VAESERVE_* settings out of the deployment.
-ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("VAESERVE_")},
-       "BASE_IMAGE": BASE_IMAGE, "DEBIAN_FRONTEND": "noninteractive"}
+ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith("VAESERVE_")},
+    "BASE_IMAGE": BASE_IMAGE,
+    "DEBIAN_FRONTEND": "noninteractive",
+}
 ROWS, K, SEED = 200, 100, 1234
-SLOW_K = 10_000  # a Score request that computes for seconds: long enough to be in flight at SIGTERM
+SLOW_K, SLOW_COPIES = 10_000, 2  # a Score request computing for seconds: in flight at SIGTERM
 
 Stage = Callable[[str], contextlib.AbstractContextManager[None]]
 Compose = Callable[..., str]
@@ -57,8 +60,11 @@ def docker_up() -> bool:
 
 def ensure_docker_engine() -> None:
     """CI runs as root on a fresh machine: install the engine and start it when missing."""
-    missing = [pkg for pkg, tool in [("docker.io", "docker"), ("docker-compose", "docker-compose"),
-                                     ("debootstrap", "debootstrap")] if not shutil.which(tool)]
+    missing = [
+        pkg
+        for pkg, tool in [("docker.io", "docker"), ("docker-compose", "docker-compose"), ("debootstrap", "debootstrap")]
+        if not shutil.which(tool)
+    ]
     if missing:
         sh("apt-get", "update", "-q")
         sh("apt-get", "install", "-y", "-q", *missing)
@@ -111,8 +117,10 @@ def healthy_servers(compose: Compose, replicas: int, timeout: float = 120) -> li
         if len(ids) == replicas and set(states) == {"healthy"}:
             return ids
         if time.monotonic() > deadline:
-            raise AssertionError(f"servers {states}, not {replicas} healthy after {timeout} s:\n"
-                                 + compose("logs", "--tail", "20", "server"))
+            raise AssertionError(
+                f"servers {states}, not {replicas} healthy after {timeout} s:\n"
+                + compose("logs", "--tail", "20", "server")
+            )
         time.sleep(1)
 
 
@@ -140,17 +148,21 @@ def digits() -> np.ndarray:
     return load_digits().data[:ROWS]
 
 
-def test_client_container_scores_equal_in_process_server(compose: Compose, stage: Stage,
-                                                         digits_bundle: Path) -> None:
+def test_client_container_scores_equal_in_process_server(compose: Compose, stage: Stage, digits_bundle: Path) -> None:
     x = digits()
     npy = io.BytesIO()
     np.save(npy, x)
     # Data in on stdin and the CSV out on stdout: no bind mount, so it works with any engine.
-    script = (f"cat > /tmp/x.npy && vaeserve --target server:50051 score /tmp/x.npy --k {K} --seed {SEED} "
-              f"--out /tmp/scores.csv --json >&2 && cat /tmp/scores.csv")
+    script = (
+        f"cat > /tmp/x.npy && vaeserve --target server:50051 score /tmp/x.npy --k {K} --seed {SEED} "
+        f"--out /tmp/scores.csv --json >&2 && cat /tmp/scores.csv"
+    )
     with stage("score in a client container"):
-        rows = list(csv.DictReader(io.StringIO(compose("run", "--rm", "-T", "client", "sh", "-c", script,
-                                                       stdin=npy.getvalue()))))
+        rows = list(
+            csv.DictReader(
+                io.StringIO(compose("run", "--rm", "-T", "client", "sh", "-c", script, stdin=npy.getvalue()))
+            )
+        )
     server = RunningServer(server_settings(digits_bundle))
     try:
         with Client(server.address) as client:
@@ -166,14 +178,15 @@ def test_client_container_scores_equal_in_process_server(compose: Compose, stage
 def test_restart_drains_the_request_in_flight_and_serves_again(compose: Compose, stage: Stage) -> None:
     port = compose("port", "server", "50051").strip().rsplit(":", 1)[1]
     with Client(f"127.0.0.1:{port}", retries=0) as client, ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(lambda: (client.score(digits(), k=SLOW_K, seed=SEED), time.monotonic()))
-        time.sleep(1.0)
-        assert not in_flight.done(), "the request finished before SIGTERM: raise SLOW_K"
+        x = np.tile(digits(), (SLOW_COPIES, 1))
+        in_flight = pool.submit(lambda: (client.score(x, k=SLOW_K, seed=SEED), time.monotonic()))
+        time.sleep(0.5)
+        assert not in_flight.done(), "the request finished before SIGTERM: raise SLOW_COPIES"
         sigterm = time.monotonic()
         with stage("restart (drain + start)"):
             compose("restart", "server")
         scores, finished = in_flight.result()
-    assert len(scores) == ROWS and finished > sigterm
+    assert len(scores) == SLOW_COPIES * ROWS and finished > sigterm
     assert time.monotonic() - sigterm < 40, "the server was killed, not stopped by SIGTERM"
     with stage("healthy after restart"):
         healthy_servers(compose, 1)
@@ -186,9 +199,11 @@ def test_three_replicas_share_round_robin_calls(compose: Compose, stage: Stage) 
         ids = healthy_servers(compose, 3)
     hostnames = set(sh("docker", "inspect", "-f", "{{.Config.Hostname}}", *ids).split())
     # One channel for all calls: the replicas answer in turn (a CLI call would open a channel each).
-    snippet = ("from vaeserve.client import Client\n"
-               "with Client('dns:///server:50051', round_robin=True) as c:\n"
-               "    print(*[c.info().served_by.replica for _ in range(30)])")
+    snippet = (
+        "from vaeserve.client import Client\n"
+        "with Client('dns:///server:50051', round_robin=True) as c:\n"
+        "    print(*[c.info().served_by.replica for _ in range(30)])"
+    )
     with stage("30 round-robin calls"):
         replicas = compose("run", "--rm", "-T", "client", "python", "-c", snippet).split()
     assert len(replicas) == 30

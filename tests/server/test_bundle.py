@@ -115,8 +115,10 @@ def test_shape_disagreeing_with_manifest(bundle: Path) -> None:
 
 def test_not_onnx(bundle: Path) -> None:
     (bundle / "encoder.onnx").write_bytes(b"not a model")
-    _edit_manifest(bundle, sha256={"encoder.onnx": sha256_of(bundle / "encoder.onnx"),
-                                   "decoder.onnx": sha256_of(bundle / "decoder.onnx")})
+    _edit_manifest(
+        bundle,
+        sha256={"encoder.onnx": sha256_of(bundle / "encoder.onnx"), "decoder.onnx": sha256_of(bundle / "decoder.onnx")},
+    )
     _refused(bundle, "encoder.onnx", "not a valid ONNX model")
 
 

@@ -7,6 +7,7 @@ errors (results are seeded, so these checks are deterministic).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,7 @@ def test_exact_posterior_gives_log_px_with_full_ess(exact: Engine, lg: LinearGau
     assert np.all(r.elbo_se < 0.05)
 
 
-def test_worse_encoder_elbo_sits_below_by_the_closed_form_gap(worse: Engine, lg: LinearGaussian,
-                                                               x: np.ndarray) -> None:
+def test_worse_encoder_elbo_sits_below_by_the_closed_form_gap(worse: Engine, lg: LinearGaussian, x: np.ndarray) -> None:
     gap = Encoder(shrink=0.7, var_scale=2.0).kl_to_posterior(lg, x)
     r = worse.score(worse.prepare(x), ScoreOptions(k=5000, anomaly=False), seed=2)
     truth = lg.log_px(x)
@@ -64,7 +64,7 @@ def test_worse_encoder_iwae_rises_with_k_to_log_px(worse: Engine, lg: LinearGaus
     for k in (1, 10, 100, 1000, 5000):
         r = worse.score(worse.prepare(x), ScoreOptions(k=k, anomaly=False), seed=4)
         means.append(float(np.mean(r.log_px - truth)))
-    assert all(a < b for a, b in zip(means, means[1:])), means
+    assert all(a < b for a, b in itertools.pairwise(means)), means
     r = worse.score(worse.prepare(x), ScoreOptions(k=5000, anomaly=False), seed=4)
     assert np.all(np.abs(r.log_px - truth) < 3 * r.log_px_se), (r.log_px - truth) / r.log_px_se
     assert np.all(r.ess < 0.9 * 5000)  # unequal weights: q is not the posterior
@@ -82,8 +82,9 @@ def test_prior_estimate_agrees_with_far_lower_ess(worse: Engine, lg: LinearGauss
     assert np.all(r.prior.se > r.log_px_se)
 
 
-def test_importance_resampling_moves_toward_the_exact_posterior(worse: Engine, lg: LinearGaussian,
-                                                                x: np.ndarray) -> None:
+def test_importance_resampling_moves_toward_the_exact_posterior(
+    worse: Engine, lg: LinearGaussian, x: np.ndarray
+) -> None:
     mean_q, _, samples, ess = worse.posterior_samples(worse.prepare(x), 4000, seed=6, resample=True, proposals=5000)
     assert samples.shape == (len(x), 4000, lg.W.shape[1]) and ess is not None
     exact_mean = lg.posterior_mean(x)
@@ -144,9 +145,9 @@ def test_a_result_does_not_depend_on_batch_position(worse: Engine, x: np.ndarray
     options = ScoreOptions(k=500, anomaly=False)
     batch = worse.score(worse.prepare(x), options, seed=3)
     for i in (0, 5):
-        alone = worse.score(worse.prepare(x[i:i + 1]), options, seed=3)
-        np.testing.assert_allclose(alone.log_px, batch.log_px[i:i + 1], rtol=1e-6, atol=1e-5)
-        np.testing.assert_allclose(alone.elbo, batch.elbo[i:i + 1], rtol=1e-6, atol=1e-5)
+        alone = worse.score(worse.prepare(x[i : i + 1]), options, seed=3)
+        np.testing.assert_allclose(alone.log_px, batch.log_px[i : i + 1], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(alone.elbo, batch.elbo[i : i + 1], rtol=1e-6, atol=1e-5)
     shuffled = worse.score(worse.prepare(x[::-1]), options, seed=3)
     np.testing.assert_allclose(shuffled.log_px[::-1], batch.log_px, rtol=1e-6, atol=1e-5)
 
@@ -155,8 +156,8 @@ def test_per_input_seeds_equal_separate_calls(worse: Engine, x: np.ndarray) -> N
     seeds = np.arange(len(x), dtype=np.uint64) + 100
     merged = worse.score(worse.prepare(x), ScoreOptions(k=64, anomaly=False), seeds)
     for i in range(len(x)):
-        alone = worse.score(worse.prepare(x[i:i + 1]), ScoreOptions(k=64, anomaly=False), int(seeds[i]))
-        np.testing.assert_allclose(alone.log_px, merged.log_px[i:i + 1], rtol=1e-6, atol=1e-5)
+        alone = worse.score(worse.prepare(x[i : i + 1]), ScoreOptions(k=64, anomaly=False), int(seeds[i]))
+        np.testing.assert_allclose(alone.log_px, merged.log_px[i : i + 1], rtol=1e-6, atol=1e-5)
 
 
 def test_k_one_reports_no_standard_error(worse: Engine, x: np.ndarray) -> None:

@@ -26,8 +26,11 @@ SCRIPT = Path(sys.executable).parent / "vaeserve-server"
 
 class ServerProcess:
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([str(SCRIPT), "--host", "127.0.0.1", "--port", "0", "--device", "cpu", *args],
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [str(SCRIPT), "--host", "127.0.0.1", "--port", "0", "--device", "cpu", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._port: int | None = None
         self._seen = threading.Event()
@@ -54,8 +57,10 @@ class ServerProcess:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
                 except grpc.RpcError:
                     pass
@@ -91,8 +96,9 @@ def test_serves_the_bundled_model_by_default(spawn: type[ServerProcess]) -> None
     assert any("SERVING digits:1" in line for line in server.lines)
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(spawn: type[ServerProcess], worse_bundle: Path,
-                                                             lg: LinearGaussian) -> None:
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(
+    spawn: type[ServerProcess], worse_bundle: Path, lg: LinearGaussian
+) -> None:
     server = spawn("--bundle", str(worse_bundle), "--grace-s", "60")
     server.wait_serving()
     x = lg.sample(1000, seed=1)
@@ -140,15 +146,20 @@ def test_cuda_without_a_gpu_falls_back_to_cpu(spawn: type[ServerProcess]) -> Non
 
 
 def test_the_server_never_imports_torch() -> None:
-    code = ("import sys, asyncio; import vaeserve.server.main, vaeserve.server.app as app; "
-            "from vaeserve.server.settings import Settings; "
-            "m = app.load_model(Settings(device='cpu')); "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys, asyncio; import vaeserve.server.main, vaeserve.server.app as app; "
+        "from vaeserve.server.settings import Settings; "
+        "m = app.load_model(Settings(device='cpu')); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     from importlib.metadata import requires
 
-    forbidden = {"vaeserve-server": ("torch",), "vaeserve-api": ("torch", "onnxruntime"),
-                 "vaeserve-client": ("torch", "onnxruntime")}
+    forbidden = {
+        "vaeserve-server": ("torch",),
+        "vaeserve-api": ("torch", "onnxruntime"),
+        "vaeserve-client": ("torch", "onnxruntime"),
+    }
     for dist, names in forbidden.items():
         assert not [r for r in requires(dist) or [] if r.startswith(names)], dist
 
@@ -159,6 +170,7 @@ def test_healthcheck_probe(spawn: type[ServerProcess]) -> None:
     server.wait_serving()
     done = subprocess.run([str(probe), "--target", server.address], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "SERVING" in done.stdout
-    done = subprocess.run([str(probe), "--target", "127.0.0.1:1", "--timeout", "2"], capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        [str(probe), "--target", "127.0.0.1:1", "--timeout", "2"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 1 and "UNAVAILABLE" in done.stderr

@@ -44,8 +44,11 @@ def a(tensor: pb.Tensor) -> np.ndarray:
 
 def test_model_info(stub: Stub, worse_bundle: Path) -> None:
     info = stub.GetModelInfo(pb.GetModelInfoRequest())
-    assert (info.header.model_name, info.header.model_version, info.header.replica_id) == \
-        ("linear-gaussian", "1", "test-replica")
+    assert (info.header.model_name, info.header.model_version, info.header.replica_id) == (
+        "linear-gaussian",
+        "1",
+        "test-replica",
+    )
     assert list(info.input_shape) == [10] and info.latent_dim == 3
     assert info.likelihood == pb.LIKELIHOOD_GAUSSIAN
     assert info.execution_provider == "CPUExecutionProvider"
@@ -57,14 +60,28 @@ def test_model_info(stub: Stub, worse_bundle: Path) -> None:
 
 def test_score_matches_closed_form_and_names_the_request(stub: Stub, lg: LinearGaussian) -> None:
     x = lg.sample(6, seed=21)
-    reply, call = stub.Score.with_call(pb.ScoreRequest(x=t(x), k=5000, seed=3, prior_estimate=True),
-                                       metadata=[("x-request-id", "req-42")])
+    reply, _call = stub.Score.with_call(
+        pb.ScoreRequest(x=t(x), k=5000, seed=3, prior_estimate=True), metadata=[("x-request-id", "req-42")]
+    )
     assert reply.header.request_id == "req-42" and reply.k == 5000 and reply.seed == 3
     log_px, se = a(reply.log_px), a(reply.log_px_se)
     assert log_px.dtype == np.float64 and log_px.shape == (6,)
     assert np.all(np.abs(log_px - lg.log_px(x)) < 3 * se)
-    for name in ("elbo", "elbo_se", "reconstruction_term", "kl", "expected_log_joint", "entropy", "ess",
-                 "bits_per_dim", "gap", "gap_se", "prior_log_px", "prior_log_px_se", "prior_ess"):
+    for name in (
+        "elbo",
+        "elbo_se",
+        "reconstruction_term",
+        "kl",
+        "expected_log_joint",
+        "entropy",
+        "ess",
+        "bits_per_dim",
+        "gap",
+        "gap_se",
+        "prior_log_px",
+        "prior_log_px_se",
+        "prior_ess",
+    ):
         assert a(getattr(reply, name)).shape == (6,), name
     np.testing.assert_allclose(a(reply.elbo), a(reply.reconstruction_term) - a(reply.kl))
     np.testing.assert_allclose(a(reply.bits_per_dim), -log_px / (10 * np.log(2)))
@@ -89,7 +106,7 @@ def test_anomaly_fields_with_calibration(digits_stub: Stub) -> None:
     score, percentile, flag = a(anomaly.score), a(anomaly.percentile), a(anomaly.is_anomaly)
     assert flag.dtype == np.bool_ and flag[-1] and percentile[-1] == 100.0
     np.testing.assert_array_equal(flag, score > anomaly.threshold)
-    assert np.all((0 <= percentile) & (percentile <= 100))
+    assert np.all((percentile >= 0) & (percentile <= 100))
     # K differs from the calibration's: the anomaly score comes from a second pass at K=1000.
     same_k = digits_stub.Score(pb.ScoreRequest(x=t(x), k=1000))
     np.testing.assert_allclose(a(same_k.anomaly.score), -a(same_k.log_px))
@@ -100,8 +117,9 @@ def test_score_options_per_dim_and_reconstruction(digits_stub: Stub) -> None:
     from sklearn.datasets import load_digits
 
     x = load_digits().data[:4].reshape(4, 8, 8)  # (B, H, W) is accepted for one-channel images
-    reply = digits_stub.Score(pb.ScoreRequest(x=t(x.astype(np.uint8)), k=50, per_dim=True, reconstruction=True,
-                                              skip_anomaly=True))
+    reply = digits_stub.Score(
+        pb.ScoreRequest(x=t(x.astype(np.uint8)), k=50, per_dim=True, reconstruction=True, skip_anomaly=True)
+    )
     per_dim, recon = a(reply.per_dim), a(reply.reconstruction)
     assert per_dim.shape == (4, 1, 8, 8) and recon.shape == (4, 1, 8, 8)
     np.testing.assert_allclose(per_dim.reshape(4, -1).sum(axis=1), a(reply.reconstruction_term), rtol=1e-5)
@@ -132,13 +150,17 @@ def test_encode_decode_sample(stub: Stub, lg: LinearGaussian) -> None:
 
 def test_importance_resampled_encode(stub: Stub, lg: LinearGaussian) -> None:
     x = lg.sample(3, seed=8)
-    reply = stub.Encode(pb.EncodeRequest(x=t(x), n_samples=2000, seed=2, proposals=5000,
-                                         sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED))
+    reply = stub.Encode(
+        pb.EncodeRequest(
+            x=t(x), n_samples=2000, seed=2, proposals=5000, sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED
+        )
+    )
     samples, ess = a(reply.z_samples), a(reply.ess)
     assert samples.shape == (3, 2000, 3) and ess.shape == (3,) and np.all(ess < 5000)
     exact = lg.posterior_mean(x)
-    assert np.all(np.linalg.norm(samples.mean(axis=1) - exact, axis=1)
-                  < np.linalg.norm(a(reply.z_mean) - exact, axis=1))
+    assert np.all(
+        np.linalg.norm(samples.mean(axis=1) - exact, axis=1) < np.linalg.norm(a(reply.z_mean) - exact, axis=1)
+    )
 
 
 def test_score_stream_answers_in_order(stub: Stub, lg: LinearGaussian) -> None:
@@ -146,8 +168,9 @@ def test_score_stream_answers_in_order(stub: Stub, lg: LinearGaussian) -> None:
     replies = list(stub.ScoreStream(iter(pb.ScoreRequest(x=t(c), k=200, seed=4) for c in chunks)))
     assert [len(a(r.log_px)) for r in replies] == [3, 1, 5]
     for chunk, reply in zip(chunks, replies):
-        np.testing.assert_allclose(a(reply.log_px), a(stub.Score(pb.ScoreRequest(x=t(chunk), k=200, seed=4)).log_px),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            a(reply.log_px), a(stub.Score(pb.ScoreRequest(x=t(chunk), k=200, seed=4)).log_px), rtol=1e-6
+        )
 
 
 X = np.zeros((2, 10))
@@ -160,42 +183,78 @@ BAD = [
     ("Score", pb.ScoreRequest(x=t(np.full((2, 10), np.nan))), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
     ("Score", pb.ScoreRequest(x=t(np.full((2, 10), np.inf))), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
     ("Score", pb.ScoreRequest(x=t(np.full((2, 10), 1e30))), grpc.StatusCode.INVALID_ARGUMENT, "magnitude"),
-    ("Score", pb.ScoreRequest(x=pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, 10], data=b"\0" * 79)),
-     grpc.StatusCode.INVALID_ARGUMENT, "needs 80 bytes, got 79"),
-    ("Score", pb.ScoreRequest(x=pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, -10], data=b"")),
-     grpc.StatusCode.INVALID_ARGUMENT, "negative dimension"),
-    ("Score", pb.ScoreRequest(x=pb.Tensor(dtype=pb.DATA_TYPE_BOOL, shape=[2, 10], data=b"\0" * 20)),
-     grpc.StatusCode.INVALID_ARGUMENT, "dtype bool is not accepted"),
-    ("Score", pb.ScoreRequest(x=pb.Tensor(dtype=42, shape=[2, 10], data=b"")), grpc.StatusCode.INVALID_ARGUMENT,
-     "not a valid tensor dtype"),
+    (
+        "Score",
+        pb.ScoreRequest(x=pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, 10], data=b"\0" * 79)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "needs 80 bytes, got 79",
+    ),
+    (
+        "Score",
+        pb.ScoreRequest(x=pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, -10], data=b"")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "negative dimension",
+    ),
+    (
+        "Score",
+        pb.ScoreRequest(x=pb.Tensor(dtype=pb.DATA_TYPE_BOOL, shape=[2, 10], data=b"\0" * 20)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "dtype bool is not accepted",
+    ),
+    (
+        "Score",
+        pb.ScoreRequest(x=pb.Tensor(dtype=42, shape=[2, 10], data=b"")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "not a valid tensor dtype",
+    ),
     ("Score", pb.ScoreRequest(x=t(np.zeros((8193, 10)))), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_batch is 8192"),
-    ("Score", pb.ScoreRequest(x=t(X), threshold_quantile=1.5), grpc.StatusCode.INVALID_ARGUMENT,
-     "threshold_quantile"),
-    ("Score", pb.ScoreRequest(x=t(X), model=pb.ModelSpec(name="other")), grpc.StatusCode.NOT_FOUND,
-     "other:* is not served here"),
+    ("Score", pb.ScoreRequest(x=t(X), threshold_quantile=1.5), grpc.StatusCode.INVALID_ARGUMENT, "threshold_quantile"),
+    (
+        "Score",
+        pb.ScoreRequest(x=t(X), model=pb.ModelSpec(name="other")),
+        grpc.StatusCode.NOT_FOUND,
+        "other:* is not served here",
+    ),
     ("Encode", pb.EncodeRequest(x=t(X), n_samples=60_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_samples"),
-    ("Encode", pb.EncodeRequest(x=t(X), n_samples=0, sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED),
-     grpc.StatusCode.INVALID_ARGUMENT, "n_samples >= 1"),
-    ("Encode", pb.EncodeRequest(x=t(X), n_samples=1, proposals=0,
-                                sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED),
-     grpc.StatusCode.INVALID_ARGUMENT, "proposals must be at least 1"),
+    (
+        "Encode",
+        pb.EncodeRequest(x=t(X), n_samples=0, sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "n_samples >= 1",
+    ),
+    (
+        "Encode",
+        pb.EncodeRequest(x=t(X), n_samples=1, proposals=0, sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "proposals must be at least 1",
+    ),
     ("Encode", pb.EncodeRequest(x=t(np.zeros((2, 3, 4)))), grpc.StatusCode.INVALID_ARGUMENT, "shape (2, 3, 4)"),
     ("Decode", pb.DecodeRequest(), grpc.StatusCode.INVALID_ARGUMENT, "z is missing"),
     ("Decode", pb.DecodeRequest(z=t(np.zeros((2, 4)))), grpc.StatusCode.INVALID_ARGUMENT, "expected shape (*, 3)"),
     ("Decode", pb.DecodeRequest(z=t(np.full((2, 3), np.nan))), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
-    ("Decode", pb.DecodeRequest(z=t(np.zeros((2, 3), np.uint8))), grpc.StatusCode.INVALID_ARGUMENT,
-     "dtype uint8 is not accepted"),
+    (
+        "Decode",
+        pb.DecodeRequest(z=t(np.zeros((2, 3), np.uint8))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "dtype uint8 is not accepted",
+    ),
     ("Sample", pb.SampleRequest(n=0), grpc.StatusCode.INVALID_ARGUMENT, "n must be at least 1"),
     ("Sample", pb.SampleRequest(n=100_001), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_samples"),
-    ("GetModelInfo", pb.GetModelInfoRequest(model=pb.ModelSpec(version="7")), grpc.StatusCode.NOT_FOUND,
-     "*:7 is not served here"),
+    (
+        "GetModelInfo",
+        pb.GetModelInfoRequest(model=pb.ModelSpec(version="7")),
+        grpc.StatusCode.NOT_FOUND,
+        "*:7 is not served here",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("method", "request_", "code", "message"), BAD,
-                         ids=[f"{m}-{i}" for i, (m, *_) in enumerate(BAD)])
-def test_bad_input_gets_a_clear_status(stub: Stub, lg: LinearGaussian, method: str, request_: object,
-                                       code: grpc.StatusCode, message: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "request_", "code", "message"), BAD, ids=[f"{m}-{i}" for i, (m, *_) in enumerate(BAD)]
+)
+def test_bad_input_gets_a_clear_status(
+    stub: Stub, lg: LinearGaussian, method: str, request_: object, code: grpc.StatusCode, message: str
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         getattr(stub, method)(request_)
     assert info.value.code() == code
@@ -243,8 +302,9 @@ def test_deadline_stops_a_long_request(stub: Stub, lg: LinearGaussian) -> None:
     assert len(a(stub.Score(pb.ScoreRequest(x=t(lg.sample(2)), k=10)).log_px)) == 2
 
 
-def test_requests_beyond_max_in_flight_are_refused_at_once(serve: Callable[..., RunningServer],
-                                                           worse_bundle: Path, lg: LinearGaussian) -> None:
+def test_requests_beyond_max_in_flight_are_refused_at_once(
+    serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian
+) -> None:
     server = serve(worse_bundle, max_in_flight=1, batching=False)
     with grpc.insecure_channel(server.address) as channel:
         stub = Stub(channel)
@@ -259,9 +319,8 @@ def test_requests_beyond_max_in_flight_are_refused_at_once(serve: Callable[..., 
 
 def test_message_size_limit(serve: Callable[..., RunningServer], worse_bundle: Path) -> None:
     server = serve(worse_bundle, max_message_mb=1)
-    with grpc.insecure_channel(server.address) as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            Stub(channel).Score(pb.ScoreRequest(x=t(np.zeros((20_000, 10)))))
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as info:
+        Stub(channel).Score(pb.ScoreRequest(x=t(np.zeros((20_000, 10)))))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -279,7 +338,8 @@ def test_many_concurrent_clients_all_answered_correctly(stub: Stub, lg: LinearGa
 
 
 def test_dynamic_batching_merges_and_returns_what_the_plain_path_returns(
-        serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian) -> None:
+    serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian
+) -> None:
     batched = serve(worse_bundle, batching=True, executor_threads=1)
     plain = serve(worse_bundle, batching=False)
     inputs = [lg.sample(1 + i % 2, seed=i) for i in range(48)]
@@ -292,8 +352,9 @@ def test_dynamic_batching_merges_and_returns_what_the_plain_path_returns(
             alone = slow.Score(pb.ScoreRequest(x=t(inputs[i]), k=16, seed=i))
             for name in ("log_px", "log_px_se", "ess", "elbo", "gap"):
                 np.testing.assert_allclose(a(getattr(reply, name)), a(getattr(alone, name)), rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(a(encoded[i].z_mean), a(slow.Encode(pb.EncodeRequest(x=t(inputs[i]))).z_mean),
-                                       rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(
+                a(encoded[i].z_mean), a(slow.Encode(pb.EncodeRequest(x=t(inputs[i]))).z_mean), rtol=1e-6, atol=1e-6
+            )
     model = batched.app.servicer.model
     assert model is not None
     requests = sum(b.requests for b in model._batchers.values())
@@ -301,16 +362,19 @@ def test_dynamic_batching_merges_and_returns_what_the_plain_path_returns(
     assert requests == 2 * 48 and runs < requests, "concurrent requests were never merged"
 
 
-def test_health_is_not_serving_until_the_model_is_loaded(serve: Callable[..., RunningServer],
-                                                          worse_bundle: Path) -> None:
+def test_health_is_not_serving_until_the_model_is_loaded(
+    serve: Callable[..., RunningServer], worse_bundle: Path
+) -> None:
     from vaeserve.server.app import load_model
 
     server = serve(worse_bundle, load=False)
     with grpc.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "vaeserve.api.v1.VaeService"):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
-                health_pb2.HealthCheckResponse.NOT_SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service=service)).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
         with pytest.raises(grpc.RpcError) as info:
             Stub(channel).GetModelInfo(pb.GetModelInfoRequest())
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details()

@@ -39,13 +39,16 @@ def test_config_file_from_a_flag(tmp_path: Path) -> None:
     assert load_settings(["--config", str(config)]).max_batch == 17
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--port", "70000"], "port"),
-    (["--device", "tpu"], "invalid choice"),
-    (["--tls-cert", "cert.pem"], "tls_cert and tls_key go together"),
-    (["--require-client-cert"], "require_client_cert needs"),
-    (["--max-k", "0"], "max_k"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "70000"], "port"),
+        (["--device", "tpu"], "invalid choice"),
+        (["--tls-cert", "cert.pem"], "tls_cert and tls_key go together"),
+        (["--require-client-cert"], "require_client_cert needs"),
+        (["--max-k", "0"], "max_k"),
+    ],
+)
 def test_bad_values_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises((ValidationError, SystemExit)) as info:
         load_settings(argv)
@@ -56,5 +59,5 @@ def test_bad_values_are_refused(argv: list[str], message: str, capsys: pytest.Ca
 def test_unreadable_config_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("port = = 1")
-    with pytest.raises(SettingsError, match="bad.toml"):
+    with pytest.raises(SettingsError, match=r"bad\.toml"):
         Settings(config=bad)

@@ -65,12 +65,15 @@ def test_csv_with_header_and_label_column(tmp_path: Path) -> None:
     assert data.y is not None and list(data.y) == [0, 1, 1] and data.likelihood == "gaussian"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("1,2\n3\n", "line 2 has 1 fields; the first line has 2"),
-    ("1,2\n3,x\n", "line 2: could not convert string to float"),
-    ("", "the file is empty"),
-    ("1,nan\n3,4\n", "NaN or infinite values"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("1,2\n3\n", "line 2 has 1 fields; the first line has 2"),
+        ("1,2\n3,x\n", "line 2: could not convert string to float"),
+        ("", "the file is empty"),
+        ("1,nan\n3,4\n", "NaN or infinite values"),
+    ],
+)
 def test_bad_csv(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -80,24 +83,27 @@ def test_bad_csv(tmp_path: Path, content: str, message: str) -> None:
 
 
 def test_bad_files(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="nothere.npy: no such file"):
+    with pytest.raises(ValueError, match=r"nothere\.npy: no such file"):
         load_dataset(str(tmp_path / "nothere.npy"))
     (tmp_path / "junk.idx").write_bytes(b"hello world")
-    with pytest.raises(ValueError, match="junk.idx: not an IDX file"):
+    with pytest.raises(ValueError, match=r"junk\.idx: not an IDX file"):
         load_dataset(str(tmp_path / "junk.idx"))
     np.save(tmp_path / "five.npy", np.zeros((2, 2, 2, 2, 2)))
     with pytest.raises(DataError, match=r"five.npy: data has shape \(2, 2, 2, 2, 2\)"):
         load_dataset(str(tmp_path / "five.npy"))
     np.save(tmp_path / "inf.npy", np.array([[1.0, np.inf]]))
-    with pytest.raises(ValueError, match="inf.npy: 1 NaN or infinite values"):
+    with pytest.raises(ValueError, match=r"inf\.npy: 1 NaN or infinite values"):
         load_dataset(str(tmp_path / "inf.npy"))
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    (np.array([[0.5, 300.0]]), "values up to 300; a Bernoulli model needs data in"),
-    (np.array([[0.5, 2.5]]), "values up to 2.5"),
-    (np.array([[-0.5, 0.5]]), "values down to -0.5"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.array([[0.5, 300.0]]), "values up to 300; a Bernoulli model needs data in"),
+        (np.array([[0.5, 2.5]]), "values up to 2.5"),
+        (np.array([[-0.5, 0.5]]), "values down to -0.5"),
+    ],
+)
 def test_bernoulli_data_out_of_range(tmp_path: Path, values: np.ndarray, message: str) -> None:
     np.save(tmp_path / "v.npy", values)
     with pytest.raises(DataError, match=message):

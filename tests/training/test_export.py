@@ -18,15 +18,26 @@ def _manifest(config: VAEConfig) -> dict[str, object]:
     image = None
     if len(config.input_shape) == 3:
         image = dict(zip(("channels", "height", "width"), config.input_shape))
-    return {"name": "t", "version": "1", "input_shape": list(config.input_shape), "latent_dim": config.latent_dim,
-            "likelihood": config.likelihood, "preprocessing": {"shift": [0.0], "scale": [1.0]}, "image": image}
+    return {
+        "name": "t",
+        "version": "1",
+        "input_shape": list(config.input_shape),
+        "latent_dim": config.latent_dim,
+        "likelihood": config.likelihood,
+        "preprocessing": {"shift": [0.0], "scale": [1.0]},
+        "image": image,
+    }
 
 
-@pytest.mark.parametrize("config", [
-    VAEConfig(input_shape=(1, 8, 8), kind="mlp", latent_dim=4, hidden=(32, 16)),
-    VAEConfig(input_shape=(1, 8, 8), kind="conv", latent_dim=4, channels=(8, 16)),
-    VAEConfig(input_shape=(7,), likelihood="gaussian", kind="mlp", latent_dim=2, hidden=(16,), activation="relu"),
-], ids=["mlp-bernoulli", "conv-bernoulli", "mlp-gaussian"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        VAEConfig(input_shape=(1, 8, 8), kind="mlp", latent_dim=4, hidden=(32, 16)),
+        VAEConfig(input_shape=(1, 8, 8), kind="conv", latent_dim=4, channels=(8, 16)),
+        VAEConfig(input_shape=(7,), likelihood="gaussian", kind="mlp", latent_dim=2, hidden=(16,), activation="relu"),
+    ],
+    ids=["mlp-bernoulli", "conv-bernoulli", "mlp-gaussian"],
+)
 def test_export_round_trip(tmp_path: Path, config: VAEConfig) -> None:
     torch.manual_seed(0)
     model = build_model(config).eval()

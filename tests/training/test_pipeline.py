@@ -56,8 +56,9 @@ def test_calibration_reads_the_served_scale(trained: Path) -> None:
     assert result.anomaly.percentile.max() == 100.0
 
 
-def test_evaluate_prints_every_k_and_saves_pictures(trained: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_prints_every_k_and_saves_pictures(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["evaluate", str(trained), "--ks", "1,10,100", "--pictures", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     lines = [line.split() for line in out.splitlines()]
@@ -99,8 +100,26 @@ def test_class_subset_and_user_files(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", digits.images)
     np.save(tmp_path / "y.npy", digits.target)
     out = tmp_path / "normal"
-    assert main(["train", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"), "--classes", "0,1",
-                 "--likelihood", "bernoulli", "--latent", "4", "--out", str(out), *QUICK]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "x.npy"),
+                "--labels",
+                str(tmp_path / "y.npy"),
+                "--classes",
+                "0,1",
+                "--likelihood",
+                "bernoulli",
+                "--latent",
+                "4",
+                "--out",
+                str(out),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "manifest.json").read_text())
     assert m["training"]["classes"] == [0, 1] and m["preprocessing"]["scale"] == [pytest.approx(1 / 255)]
     assert m["training"]["n_train"] < 400

@@ -27,12 +27,23 @@ T = TypeVar("T")
 class AsyncClient:
     """Like `Client`, for asyncio code. Create it inside a running event loop."""
 
-    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 60.0, batch_size: int = 1024,
-                 concurrency: int = 2, model: str | None = None, version: str | None = None,
-                 tls: TlsConfig | None = None, retries: int = 3, round_robin: bool = False,
-                 max_message_mb: int = 64) -> None:
-        self.config = ChannelConfig(target=target, tls=tls, retries=retries, round_robin=round_robin,
-                                    max_message_mb=max_message_mb)
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = 60.0,
+        batch_size: int = 1024,
+        concurrency: int = 2,
+        model: str | None = None,
+        version: str | None = None,
+        tls: TlsConfig | None = None,
+        retries: int = 3,
+        round_robin: bool = False,
+        max_message_mb: int = 64,
+    ) -> None:
+        self.config = ChannelConfig(
+            target=target, tls=tls, retries=retries, round_robin=round_robin, max_message_mb=max_message_mb
+        )
         self.timeout = timeout
         self.batch_size = batch_size
         self._slots = asyncio.Semaphore(max(1, concurrency))
@@ -48,7 +59,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: Any, timeout: float | None = None) -> Any:
         try:
@@ -57,8 +68,9 @@ class AsyncClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.config.target) from None
 
-    async def _batched(self, method: Callable[..., Awaitable[Any]], requests: list[Any],
-                       parse: Callable[[Any], T]) -> list[T]:
+    async def _batched(
+        self, method: Callable[..., Awaitable[Any]], requests: list[Any], parse: Callable[[Any], T]
+    ) -> list[T]:
         replies = await asyncio.gather(*(self._call(method, r) for r in requests))
         return [parse(reply) for reply in replies]
 
@@ -69,11 +81,20 @@ class AsyncClient:
         reply = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
-    async def encode(self, x: npt.ArrayLike, *, n_samples: int = 0, seed: int | None = None, resample: bool = False,
-                     proposals: int | None = None) -> Encoded:
+    async def encode(
+        self,
+        x: npt.ArrayLike,
+        *,
+        n_samples: int = 0,
+        seed: int | None = None,
+        resample: bool = False,
+        proposals: int | None = None,
+    ) -> Encoded:
         x = np.asarray(x)
-        requests = [cv.encode_request(x[s], self._spec, n_samples=n_samples, seed=seed, resample=resample,
-                                      proposals=proposals) for s in batches(len(x), self.batch_size)]
+        requests = [
+            cv.encode_request(x[s], self._spec, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals)
+            for s in batches(len(x), self.batch_size)
+        ]
         return concat(await self._batched(self._stub.Encode, requests, cv.encoded))
 
     async def decode(self, z: npt.ArrayLike, *, sample: bool = False, seed: int | None = None) -> Decoded:
@@ -86,24 +107,60 @@ class AsyncClient:
         request = cv.sample_request(n, self._spec, seed=seed, sample_x=sample_x)
         return cv.sampled(await self._call(self._stub.Sample, request))
 
-    async def score(self, x: npt.ArrayLike, *, k: int | None = None, seed: int | None = None,
-                    prior_estimate: bool = False, per_dim: bool = False, reconstruction: bool = False,
-                    threshold_quantile: float | None = None, skip_anomaly: bool = False) -> Scores:
+    async def score(
+        self,
+        x: npt.ArrayLike,
+        *,
+        k: int | None = None,
+        seed: int | None = None,
+        prior_estimate: bool = False,
+        per_dim: bool = False,
+        reconstruction: bool = False,
+        threshold_quantile: float | None = None,
+        skip_anomaly: bool = False,
+    ) -> Scores:
         x = np.asarray(x)
-        requests = [cv.score_request(x[s], self._spec, k=k, seed=seed, prior_estimate=prior_estimate,
-                                     per_dim=per_dim, reconstruction=reconstruction,
-                                     threshold_quantile=threshold_quantile, skip_anomaly=skip_anomaly)
-                    for s in batches(len(x), self.batch_size)]
+        requests = [
+            cv.score_request(
+                x[s],
+                self._spec,
+                k=k,
+                seed=seed,
+                prior_estimate=prior_estimate,
+                per_dim=per_dim,
+                reconstruction=reconstruction,
+                threshold_quantile=threshold_quantile,
+                skip_anomaly=skip_anomaly,
+            )
+            for s in batches(len(x), self.batch_size)
+        ]
         return concat(await self._batched(self._stub.Score, requests, cv.scores))
 
-    async def score_stream(self, x: npt.ArrayLike, *, k: int | None = None, seed: int | None = None,
-                           skip_anomaly: bool = False, threshold_quantile: float | None = None
-                           ) -> AsyncIterator[Scores]:
+    async def score_stream(
+        self,
+        x: npt.ArrayLike,
+        *,
+        k: int | None = None,
+        seed: int | None = None,
+        skip_anomaly: bool = False,
+        threshold_quantile: float | None = None,
+    ) -> AsyncIterator[Scores]:
         """Scores `x` over one ScoreStream call, `batch_size` rows per message; yields per batch, in order."""
         array = np.asarray(x)
-        requests = [cv.score_request(array[s], self._spec, k=k, seed=seed, prior_estimate=False, per_dim=False,
-                                     reconstruction=False, threshold_quantile=threshold_quantile,
-                                     skip_anomaly=skip_anomaly) for s in batches(len(array), self.batch_size)]
+        requests = [
+            cv.score_request(
+                array[s],
+                self._spec,
+                k=k,
+                seed=seed,
+                prior_estimate=False,
+                per_dim=False,
+                reconstruction=False,
+                threshold_quantile=threshold_quantile,
+                skip_anomaly=skip_anomaly,
+            )
+            for s in batches(len(array), self.batch_size)
+        ]
         try:
             async for reply in self._stub.ScoreStream(iter(requests)):
                 yield cv.scores(reply)

@@ -32,9 +32,11 @@ class TlsConfig:
         def read(path: Path | None) -> bytes | None:
             return Path(path).read_bytes() if path else None
 
-        return grpc.ssl_channel_credentials(root_certificates=read(self.ca_cert),
-                                            private_key=read(self.client_key),
-                                            certificate_chain=read(self.client_cert))
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert),
+            private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert),
+        )
 
 
 @dataclass(frozen=True)
@@ -50,23 +52,27 @@ class ChannelConfig:
     def options(self) -> list[tuple[str, Any]]:
         config: dict[str, Any] = {}
         if self.retries > 0:
-            config["methodConfig"] = [{
-                "name": [{"service": SERVICE}],
-                "retryPolicy": {
-                    "maxAttempts": min(self.retries + 1, 5),
-                    "initialBackoff": f"{self.initial_backoff_s}s",
-                    "maxBackoff": f"{self.max_backoff_s}s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }]
+            config["methodConfig"] = [
+                {
+                    "name": [{"service": SERVICE}],
+                    "retryPolicy": {
+                        "maxAttempts": min(self.retries + 1, 5),
+                        "initialBackoff": f"{self.initial_backoff_s}s",
+                        "maxBackoff": f"{self.max_backoff_s}s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
         if self.round_robin:
             config["loadBalancingConfig"] = [{"round_robin": {}}]
         limit = self.max_message_mb << 20
-        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", limit),
-                                          ("grpc.max_send_message_length", limit),
-                                          ("grpc.enable_retries", 1 if self.retries > 0 else 0),
-                                          ("grpc.service_config", json.dumps(config))]
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.enable_retries", 1 if self.retries > 0 else 0),
+            ("grpc.service_config", json.dumps(config)),
+        ]
         if self.tls and self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return options

@@ -40,12 +40,23 @@ class Client:
     ...     scores.log_px, scores.log_px_se, scores.percentile
     """
 
-    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 60.0, batch_size: int = 1024,
-                 concurrency: int = 2, model: str | None = None, version: str | None = None,
-                 tls: TlsConfig | None = None, retries: int = 3, round_robin: bool = False,
-                 max_message_mb: int = 64) -> None:
-        self.config = ChannelConfig(target=target, tls=tls, retries=retries, round_robin=round_robin,
-                                    max_message_mb=max_message_mb)
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = 60.0,
+        batch_size: int = 1024,
+        concurrency: int = 2,
+        model: str | None = None,
+        version: str | None = None,
+        tls: TlsConfig | None = None,
+        retries: int = 3,
+        round_robin: bool = False,
+        max_message_mb: int = 64,
+    ) -> None:
+        self.config = ChannelConfig(
+            target=target, tls=tls, retries=retries, round_robin=round_robin, max_message_mb=max_message_mb
+        )
         self.timeout = timeout
         self.batch_size = batch_size
         self.concurrency = max(1, concurrency)
@@ -69,8 +80,9 @@ class Client:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.config.target) from None
 
-    def _batched(self, method: Any, requests: list[Any], parse: Callable[[Any], T],
-                 progress: Progress | None, sizes: list[int]) -> list[T]:
+    def _batched(
+        self, method: Any, requests: list[Any], parse: Callable[[Any], T], progress: Progress | None, sizes: list[int]
+    ) -> list[T]:
         """Sends requests with up to `concurrency` in flight; results in request order."""
         pending: deque[Any] = deque()
         results: list[T] = []
@@ -104,13 +116,22 @@ class Client:
         reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
-    def encode(self, x: npt.ArrayLike, *, n_samples: int = 0, seed: int | None = None, resample: bool = False,
-               proposals: int | None = None) -> Encoded:
+    def encode(
+        self,
+        x: npt.ArrayLike,
+        *,
+        n_samples: int = 0,
+        seed: int | None = None,
+        resample: bool = False,
+        proposals: int | None = None,
+    ) -> Encoded:
         """Posterior mean and log-variance per input; n_samples draws from q(z|x) (or resampled toward p(z|x))."""
         x = np.asarray(x)
         parts = batches(len(x), self.batch_size)
-        requests = [cv.encode_request(x[s], self._spec, n_samples=n_samples, seed=seed, resample=resample,
-                                      proposals=proposals) for s in parts]
+        requests = [
+            cv.encode_request(x[s], self._spec, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals)
+            for s in parts
+        ]
         return concat(self._batched(self._stub.Encode, requests, cv.encoded, None, [s.stop - s.start for s in parts]))
 
     def decode(self, z: npt.ArrayLike, *, sample: bool = False, seed: int | None = None) -> Decoded:
@@ -124,21 +145,48 @@ class Client:
         """z ~ N(0, I), decoded; with sample_x, also x ~ p(x|z)."""
         return cv.sampled(self._call(self._stub.Sample, cv.sample_request(n, self._spec, seed=seed, sample_x=sample_x)))
 
-    def score(self, x: npt.ArrayLike, *, k: int | None = None, seed: int | None = None, prior_estimate: bool = False,
-              per_dim: bool = False, reconstruction: bool = False, threshold_quantile: float | None = None,
-              skip_anomaly: bool = False, progress: Progress | None = None) -> Scores:
+    def score(
+        self,
+        x: npt.ArrayLike,
+        *,
+        k: int | None = None,
+        seed: int | None = None,
+        prior_estimate: bool = False,
+        per_dim: bool = False,
+        reconstruction: bool = False,
+        threshold_quantile: float | None = None,
+        skip_anomaly: bool = False,
+        progress: Progress | None = None,
+    ) -> Scores:
         """ELBO, IWAE log p(x) with standard error and ESS, and anomaly score and percentile, per input."""
         x = np.asarray(x)
         parts = batches(len(x), self.batch_size)
-        requests = [cv.score_request(x[s], self._spec, k=k, seed=seed, prior_estimate=prior_estimate,
-                                     per_dim=per_dim, reconstruction=reconstruction,
-                                     threshold_quantile=threshold_quantile, skip_anomaly=skip_anomaly)
-                    for s in parts]
+        requests = [
+            cv.score_request(
+                x[s],
+                self._spec,
+                k=k,
+                seed=seed,
+                prior_estimate=prior_estimate,
+                per_dim=per_dim,
+                reconstruction=reconstruction,
+                threshold_quantile=threshold_quantile,
+                skip_anomaly=skip_anomaly,
+            )
+            for s in parts
+        ]
         return concat(self._batched(self._stub.Score, requests, cv.scores, progress, [s.stop - s.start for s in parts]))
 
-    def score_stream(self, x: npt.ArrayLike | Iterable[npt.ArrayLike], *, k: int | None = None,
-                     seed: int | None = None, skip_anomaly: bool = False, threshold_quantile: float | None = None,
-                     progress: Progress | None = None) -> Iterator[Scores]:
+    def score_stream(
+        self,
+        x: npt.ArrayLike | Iterable[npt.ArrayLike],
+        *,
+        k: int | None = None,
+        seed: int | None = None,
+        skip_anomaly: bool = False,
+        threshold_quantile: float | None = None,
+        progress: Progress | None = None,
+    ) -> Iterator[Scores]:
         """Scores a large data set over one ScoreStream call: yields one Scores per batch, in order.
 
         `x` is an array (split into `batch_size` rows) or an iterable of arrays (sent as they come).
@@ -151,9 +199,20 @@ class Client:
             total = len(array)
         else:
             chunks = (np.asarray(c) for c in x)  # type: ignore[union-attr]
-        requests = (cv.score_request(c, self._spec, k=k, seed=seed, prior_estimate=False, per_dim=False,
-                                     reconstruction=False, threshold_quantile=threshold_quantile,
-                                     skip_anomaly=skip_anomaly) for c in chunks)
+        requests = (
+            cv.score_request(
+                c,
+                self._spec,
+                k=k,
+                seed=seed,
+                prior_estimate=False,
+                per_dim=False,
+                reconstruction=False,
+                threshold_quantile=threshold_quantile,
+                skip_anomaly=skip_anomaly,
+            )
+            for c in chunks
+        )
         done = 0
         try:
             for reply in self._stub.ScoreStream(requests, timeout=None):

@@ -28,20 +28,35 @@ def model_spec(model: str | None, version: str | None) -> pb.ModelSpec:
 def model_info(reply: pb.GetModelInfoResponse) -> ModelInfo:
     limits, defaults = reply.limits, reply.defaults
     return ModelInfo(
-        name=reply.header.model_name, version=reply.header.model_version, input_shape=tuple(reply.input_shape),
-        latent_dim=reply.latent_dim, likelihood=_LIKELIHOOD.get(reply.likelihood, "unknown"),
-        manifest=Manifest.model_validate_json(reply.manifest_json), execution_provider=reply.execution_provider,
-        limits={"max_batch": limits.max_batch, "max_k": limits.max_k, "max_samples": limits.max_samples,
-                "max_in_flight": limits.max_in_flight, "max_message_bytes": limits.max_message_bytes},
+        name=reply.header.model_name,
+        version=reply.header.model_version,
+        input_shape=tuple(reply.input_shape),
+        latent_dim=reply.latent_dim,
+        likelihood=_LIKELIHOOD.get(reply.likelihood, "unknown"),
+        manifest=Manifest.model_validate_json(reply.manifest_json),
+        execution_provider=reply.execution_provider,
+        limits={
+            "max_batch": limits.max_batch,
+            "max_k": limits.max_k,
+            "max_samples": limits.max_samples,
+            "max_in_flight": limits.max_in_flight,
+            "max_message_bytes": limits.max_message_bytes,
+        },
         defaults={"k": defaults.k, "seed": defaults.seed, "threshold_quantile": defaults.threshold_quantile},
-        server_version=reply.server_version, served_by=served_by(reply.header),
+        server_version=reply.server_version,
+        served_by=served_by(reply.header),
     )
 
 
-def encode_request(x: npt.ArrayLike, spec: pb.ModelSpec, *, n_samples: int, seed: int | None, resample: bool,
-                   proposals: int | None) -> pb.EncodeRequest:
-    request = pb.EncodeRequest(model=spec, x=codec.to_proto(np.asarray(x)), n_samples=n_samples,
-                               sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED if resample else 0)
+def encode_request(
+    x: npt.ArrayLike, spec: pb.ModelSpec, *, n_samples: int, seed: int | None, resample: bool, proposals: int | None
+) -> pb.EncodeRequest:
+    request = pb.EncodeRequest(
+        model=spec,
+        x=codec.to_proto(np.asarray(x)),
+        n_samples=n_samples,
+        sampler=pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED if resample else pb.POSTERIOR_SAMPLER_UNSPECIFIED,
+    )
     if seed is not None:
         request.seed = seed
     if proposals is not None:
@@ -50,9 +65,14 @@ def encode_request(x: npt.ArrayLike, spec: pb.ModelSpec, *, n_samples: int, seed
 
 
 def encoded(reply: pb.EncodeResponse) -> Encoded:
-    return Encoded(z_mean=codec.from_proto(reply.z_mean), z_logvar=codec.from_proto(reply.z_logvar),
-                   z_samples=_opt(reply.z_samples, reply.HasField("z_samples")),
-                   ess=_opt(reply.ess, reply.HasField("ess")), seed=reply.seed, served_by=served_by(reply.header))
+    return Encoded(
+        z_mean=codec.from_proto(reply.z_mean),
+        z_logvar=codec.from_proto(reply.z_logvar),
+        z_samples=_opt(reply.z_samples, reply.HasField("z_samples")),
+        ess=_opt(reply.ess, reply.HasField("ess")),
+        seed=reply.seed,
+        served_by=served_by(reply.header),
+    )
 
 
 def decode_request(z: npt.ArrayLike, spec: pb.ModelSpec, *, sample: bool, seed: int | None) -> pb.DecodeRequest:
@@ -81,15 +101,35 @@ def sample_request(n: int, spec: pb.ModelSpec, *, seed: int | None, sample_x: bo
 
 def sampled(reply: pb.SampleResponse) -> Sampled:
     params, x_sample = _params(reply.decoded)
-    return Sampled(z=codec.from_proto(reply.z), params=params, x_sample=x_sample, seed=reply.seed,
-                   served_by=served_by(reply.header))
+    return Sampled(
+        z=codec.from_proto(reply.z),
+        params=params,
+        x_sample=x_sample,
+        seed=reply.seed,
+        served_by=served_by(reply.header),
+    )
 
 
-def score_request(x: npt.ArrayLike, spec: pb.ModelSpec, *, k: int | None, seed: int | None, prior_estimate: bool,
-                  per_dim: bool, reconstruction: bool, threshold_quantile: float | None,
-                  skip_anomaly: bool) -> pb.ScoreRequest:
-    request = pb.ScoreRequest(model=spec, x=codec.to_proto(np.asarray(x)), prior_estimate=prior_estimate,
-                              per_dim=per_dim, reconstruction=reconstruction, skip_anomaly=skip_anomaly)
+def score_request(
+    x: npt.ArrayLike,
+    spec: pb.ModelSpec,
+    *,
+    k: int | None,
+    seed: int | None,
+    prior_estimate: bool,
+    per_dim: bool,
+    reconstruction: bool,
+    threshold_quantile: float | None,
+    skip_anomaly: bool,
+) -> pb.ScoreRequest:
+    request = pb.ScoreRequest(
+        model=spec,
+        x=codec.to_proto(np.asarray(x)),
+        prior_estimate=prior_estimate,
+        per_dim=per_dim,
+        reconstruction=reconstruction,
+        skip_anomaly=skip_anomaly,
+    )
     if k is not None:
         request.k = k
     if seed is not None:
@@ -105,16 +145,27 @@ def scores(reply: pb.ScoreResponse) -> Scores:
     has_anomaly = reply.HasField("anomaly")
     a = reply.anomaly
     return Scores(
-        k=reply.k, seed=reply.seed, elbo=t(reply.elbo), elbo_se=t(reply.elbo_se),
-        reconstruction_term=t(reply.reconstruction_term), kl=t(reply.kl),
-        expected_log_joint=t(reply.expected_log_joint), entropy=t(reply.entropy), log_px=t(reply.log_px),
-        log_px_se=t(reply.log_px_se), ess=t(reply.ess), bits_per_dim=t(reply.bits_per_dim), gap=t(reply.gap),
+        k=reply.k,
+        seed=reply.seed,
+        elbo=t(reply.elbo),
+        elbo_se=t(reply.elbo_se),
+        reconstruction_term=t(reply.reconstruction_term),
+        kl=t(reply.kl),
+        expected_log_joint=t(reply.expected_log_joint),
+        entropy=t(reply.entropy),
+        log_px=t(reply.log_px),
+        log_px_se=t(reply.log_px_se),
+        ess=t(reply.ess),
+        bits_per_dim=t(reply.bits_per_dim),
+        gap=t(reply.gap),
         gap_se=t(reply.gap_se),
         prior_log_px=t(reply.prior_log_px) if has_prior else None,
         prior_log_px_se=t(reply.prior_log_px_se) if has_prior else None,
         prior_ess=t(reply.prior_ess) if has_prior else None,
-        anomaly_score=t(a.score) if has_anomaly else None, percentile=t(a.percentile) if has_anomaly else None,
-        is_anomaly=t(a.is_anomaly) if has_anomaly else None, threshold=a.threshold if has_anomaly else None,
+        anomaly_score=t(a.score) if has_anomaly else None,
+        percentile=t(a.percentile) if has_anomaly else None,
+        is_anomaly=t(a.is_anomaly) if has_anomaly else None,
+        threshold=a.threshold if has_anomaly else None,
         anomaly_k=a.k if has_anomaly else None,
         per_dim=_opt(reply.per_dim, reply.HasField("per_dim")),
         reconstruction=_opt(reply.reconstruction, reply.HasField("reconstruction")),

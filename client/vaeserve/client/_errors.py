@@ -18,8 +18,16 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
-    "AuthenticationError", "CancelledError", "DeadlineExceededError", "InvalidArgumentError", "NotFoundError",
-    "ResourceExhaustedError", "ServerError", "UnavailableError", "VaeServeError", "from_rpc_error",
+    "AuthenticationError",
+    "CancelledError",
+    "DeadlineExceededError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "ServerError",
+    "UnavailableError",
+    "VaeServeError",
+    "from_rpc_error",
 ]
 
 

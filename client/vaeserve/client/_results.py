@@ -82,9 +82,26 @@ class InputScore:
 
 
 # Per-input columns of Scores, in the order the CSV writer uses.
-COLUMNS = ("elbo", "elbo_se", "reconstruction_term", "kl", "expected_log_joint", "entropy", "log_px", "log_px_se",
-           "ess", "bits_per_dim", "gap", "gap_se", "prior_log_px", "prior_log_px_se", "prior_ess",
-           "anomaly_score", "percentile", "is_anomaly")
+COLUMNS = (
+    "elbo",
+    "elbo_se",
+    "reconstruction_term",
+    "kl",
+    "expected_log_joint",
+    "entropy",
+    "log_px",
+    "log_px_se",
+    "ess",
+    "bits_per_dim",
+    "gap",
+    "gap_se",
+    "prior_log_px",
+    "prior_log_px_se",
+    "prior_ess",
+    "anomaly_score",
+    "percentile",
+    "is_anomaly",
+)
 
 
 @dataclass(frozen=True)
@@ -128,10 +145,17 @@ class Scores:
             return None if a is None else float(a[i])
 
         return InputScore(
-            elbo=float(self.elbo[i]), elbo_se=float(self.elbo_se[i]), log_px=float(self.log_px[i]),
-            log_px_se=float(self.log_px_se[i]), ess=float(self.ess[i]), bits_per_dim=float(self.bits_per_dim[i]),
-            gap=float(self.gap[i]), gap_se=float(self.gap_se[i]), anomaly_score=opt(self.anomaly_score),
-            percentile=opt(self.percentile), is_anomaly=None if self.is_anomaly is None else bool(self.is_anomaly[i]),
+            elbo=float(self.elbo[i]),
+            elbo_se=float(self.elbo_se[i]),
+            log_px=float(self.log_px[i]),
+            log_px_se=float(self.log_px_se[i]),
+            ess=float(self.ess[i]),
+            bits_per_dim=float(self.bits_per_dim[i]),
+            gap=float(self.gap[i]),
+            gap_se=float(self.gap_se[i]),
+            anomaly_score=opt(self.anomaly_score),
+            percentile=opt(self.percentile),
+            is_anomaly=None if self.is_anomaly is None else bool(self.is_anomaly[i]),
         )
 
     def __iter__(self) -> Iterator[InputScore]:
@@ -140,7 +164,6 @@ class Scores:
     def columns(self) -> dict[str, np.ndarray]:
         """The per-input quantities that are present, by name (for tables and CSV)."""
         return {name: value for name in COLUMNS if (value := getattr(self, name)) is not None}
-
 
 
 R = TypeVar("R", Encoded, Decoded, Scores)

@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 def _client(args: argparse.Namespace, **kw: Any) -> Client:
     tls = None
     if args.tls_ca or args.tls_cert:
-        tls = TlsConfig(ca_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key,
-                        server_name=args.tls_server_name)
+        tls = TlsConfig(
+            ca_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, server_name=args.tls_server_name
+        )
     return Client(args.target, timeout=args.timeout, tls=tls, round_robin=args.round_robin, **kw)
 
 
@@ -95,9 +96,19 @@ def _info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.info()
     if args.json:
-        print(json.dumps({"manifest": info.manifest.model_dump(mode="json"), "execution_provider": info.execution_provider,
-                          "limits": info.limits, "defaults": info.defaults, "replica": info.served_by.replica,
-                          "server_version": info.server_version}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "manifest": info.manifest.model_dump(mode="json"),
+                    "execution_provider": info.execution_provider,
+                    "limits": info.limits,
+                    "defaults": info.defaults,
+                    "replica": info.served_by.replica,
+                    "server_version": info.server_version,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(format_table(["", ""], _info_rows(info), title=f"{args.target}: {info.name}:{info.version}"))
     return 0
@@ -105,23 +116,38 @@ def _info(args: argparse.Namespace) -> int:
 
 def _info_rows(info: ModelInfo) -> list[tuple[str, str]]:
     m = info.manifest
-    rows = [("input shape", " x ".join(map(str, info.input_shape))), ("latent dim", str(info.latent_dim)),
-            ("likelihood", info.likelihood), ("execution provider", info.execution_provider),
-            ("replica", info.served_by.replica),
-            ("limits", ", ".join(f"{k} {v}" for k, v in info.limits.items())),
-            ("defaults", f"K {info.defaults['k']}, seed {info.defaults['seed']}, "
-                         f"threshold quantile {info.defaults['threshold_quantile']}")]
+    rows = [
+        ("input shape", " x ".join(map(str, info.input_shape))),
+        ("latent dim", str(info.latent_dim)),
+        ("likelihood", info.likelihood),
+        ("execution provider", info.execution_provider),
+        ("replica", info.served_by.replica),
+        ("limits", ", ".join(f"{k} {v}" for k, v in info.limits.items())),
+        (
+            "defaults",
+            f"K {info.defaults['k']}, seed {info.defaults['seed']}, "
+            f"threshold quantile {info.defaults['threshold_quantile']}",
+        ),
+    ]
     if m.training:
         t = m.training
-        rows += [("trained on", f"{t.dataset}{f' classes {t.classes}' if t.classes else ''}: {t.n_train} inputs, "
-                                f"{t.epochs} epochs"),
-                 ("test ELBO", f"{t.test_elbo.value:.3f} ± {t.test_elbo.se:.3f} nats"),
-                 (f"test log p(x), K={t.test_iwae.k}", f"{t.test_iwae.value:.3f} ± {t.test_iwae.se:.3f} nats")]
+        rows += [
+            (
+                "trained on",
+                f"{t.dataset}{f' classes {t.classes}' if t.classes else ''}: {t.n_train} inputs, {t.epochs} epochs",
+            ),
+            ("test ELBO", f"{t.test_elbo.value:.3f} ± {t.test_elbo.se:.3f} nats"),
+            (f"test log p(x), K={t.test_iwae.k}", f"{t.test_iwae.value:.3f} ± {t.test_iwae.se:.3f} nats"),
+        ]
     if m.calibration:
         c = m.calibration
         q = np.quantile(c.scores, [0.5, 0.99])
-        rows.append(("calibration", f"{len(c.scores)} scores of {c.dataset}, {c.estimator} K={c.k}, "
-                                    f"median {q[0]:.2f}, 99th pct {q[1]:.2f}"))
+        rows.append(
+            (
+                "calibration",
+                f"{len(c.scores)} scores of {c.dataset}, {c.estimator} K={c.k}, median {q[0]:.2f}, 99th pct {q[1]:.2f}",
+            )
+        )
     return rows
 
 
@@ -211,11 +237,17 @@ def _score(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _client(args, batch_size=args.batch_size) as client:
         if args.stream:
-            scores = concat(list(client.score_stream(x, k=args.k, seed=args.seed, progress=progress,
-                                                     threshold_quantile=args.threshold_quantile)))
+            scores = concat(
+                list(
+                    client.score_stream(
+                        x, k=args.k, seed=args.seed, progress=progress, threshold_quantile=args.threshold_quantile
+                    )
+                )
+            )
         else:
-            scores = client.score(x, k=args.k, seed=args.seed, threshold_quantile=args.threshold_quantile,
-                                  progress=progress)
+            scores = client.score(
+                x, k=args.k, seed=args.seed, threshold_quantile=args.threshold_quantile, progress=progress
+            )
     seconds = time.perf_counter() - started
     progress.close()
     if args.out:
@@ -225,8 +257,11 @@ def _score(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         rows = [(k, v) for k, v in summary.items()]
-        print(format_table(["", ""], rows, title=f"scored {args.file} with {scores.served_by.model}:"
-                                                 f"{scores.served_by.version}"))
+        print(
+            format_table(
+                ["", ""], rows, title=f"scored {args.file} with {scores.served_by.model}:{scores.served_by.version}"
+            )
+        )
         if args.out:
             print(f"wrote {args.out}")
     return 0
@@ -234,11 +269,14 @@ def _score(args: argparse.Namespace) -> int:
 
 def _summary(scores: Scores, seconds: float) -> dict[str, Any]:
     summary: dict[str, Any] = {
-        "inputs": len(scores), "K": scores.k, "seed": scores.seed,
+        "inputs": len(scores),
+        "K": scores.k,
+        "seed": scores.seed,
         "mean log p(x)": round(float(scores.log_px.mean()), 4),
         "mean ELBO": round(float(scores.elbo.mean()), 4),
         "median se of log p(x)": round(float(np.nanmedian(scores.log_px_se)), 4) if scores.k > 1 else None,
-        "seconds": round(seconds, 3), "inputs/s": round(len(scores) / max(seconds, 1e-9), 1),
+        "seconds": round(seconds, 3),
+        "inputs/s": round(len(scores) / max(seconds, 1e-9), 1),
     }
     if scores.is_anomaly is not None:
         summary["flagged"] = int(scores.is_anomaly.sum())
@@ -263,7 +301,7 @@ def _cell(value: Any) -> str:
 
 def _explain(args: argparse.Namespace) -> int:
     x, _ = read_array(args.file)
-    rows = x[args.start:args.start + args.rows]
+    rows = x[args.start : args.start + args.rows]
     if not len(rows):
         raise DataFileError(f"{args.file}: no inputs from index {args.start}")
     with _client(args) as client:
@@ -286,8 +324,15 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"info": _info, "health": _health, "encode": _encode, "decode": _decode, "sample": _sample,
-             "score": _score, "explain": _explain}
+_COMMANDS = {
+    "info": _info,
+    "health": _health,
+    "encode": _encode,
+    "decode": _decode,
+    "sample": _sample,
+    "score": _score,
+    "explain": _explain,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

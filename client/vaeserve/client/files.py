@@ -1,4 +1,4 @@
-"""Reading arrays from files: .npy, .csv (optionally with a header and a label column) and MNIST IDX (optionally gzipped).
+"""Reading arrays from files: .npy, .csv (with or without a header and a label column) and MNIST IDX (gzipped or not).
 
 Used by the command line to read inputs, and by the training package to read user data.
 """
@@ -79,8 +79,13 @@ def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
     label_index = None
     if label_column is not None:
         names = header or []
-        label_index = names.index(label_column) if label_column in names else \
-            int(label_column) if label_column.lstrip("-").isdigit() else None
+        label_index = (
+            names.index(label_column)
+            if label_column in names
+            else int(label_column)
+            if label_column.lstrip("-").isdigit()
+            else None
+        )
         if label_index is None or not -width <= label_index < width:
             raise DataFileError(f"{path}: no column {label_column!r} (columns: {', '.join(names) or width})")
         label_index %= width
@@ -117,10 +122,10 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_TYPES:
         raise DataFileError(f"{path}: not an IDX file (expected .npy, .csv, or MNIST-format IDX, optionally gzipped)")
     ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     need = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != need:
         raise DataFileError(f"{path}: IDX header says {dims} of {dtype} ({need} bytes), the file has {len(body)}")
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(np.float64)

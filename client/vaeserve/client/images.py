@@ -32,7 +32,9 @@ def grid(images: np.ndarray, *, columns: int = 8, scale: int = 4, low: float = 0
     canvas = np.full((rows * (h + _PAD) + _PAD, columns * (w + _PAD) + _PAD, 3), 64, np.uint8)
     for i, tile in enumerate(pixels):
         r, c = divmod(i, columns)
-        canvas[_PAD + r * (h + _PAD):_PAD + r * (h + _PAD) + h, _PAD + c * (w + _PAD):_PAD + c * (w + _PAD) + w] = tile
+        canvas[_PAD + r * (h + _PAD) : _PAD + r * (h + _PAD) + h, _PAD + c * (w + _PAD) : _PAD + c * (w + _PAD) + w] = (
+            tile
+        )
     picture = Image.fromarray(canvas)
     return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
@@ -51,8 +53,15 @@ def _heat(values: np.ndarray) -> np.ndarray:
     return (np.stack([t, t * 0.25, 0.2 * (1 - t)], axis=-1) * 255.0).astype(np.uint8)
 
 
-def anomaly_panel(inputs: np.ndarray, reconstructions: np.ndarray, per_dim: np.ndarray,
-                  captions: Sequence[str], path: str | Path, *, scale: int = 6) -> Path:
+def anomaly_panel(
+    inputs: np.ndarray,
+    reconstructions: np.ndarray,
+    per_dim: np.ndarray,
+    captions: Sequence[str],
+    path: str | Path,
+    *,
+    scale: int = 6,
+) -> Path:
     """One row per input: the input, its reconstruction and its per-pixel anomaly map, with a caption."""
     if not (len(inputs) == len(reconstructions) == len(per_dim) == len(captions)):
         raise ValueError("inputs, reconstructions, anomaly maps and captions must have the same length")
@@ -61,7 +70,9 @@ def anomaly_panel(inputs: np.ndarray, reconstructions: np.ndarray, per_dim: np.n
     h, w = ins.shape[1:3]
     tile_h, tile_w = h * scale, w * scale
     caption_w = 300
-    canvas = Image.new("RGB", (3 * (tile_w + _PAD * scale) + caption_w, len(ins) * (tile_h + _PAD * scale)), (32, 32, 32))
+    canvas = Image.new(
+        "RGB", (3 * (tile_w + _PAD * scale) + caption_w, len(ins) * (tile_h + _PAD * scale)), (32, 32, 32)
+    )
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for i in range(len(ins)):

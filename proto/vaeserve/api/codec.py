@@ -33,7 +33,8 @@ class TensorError(ValueError):
 
 
 def _wire_name(code: int) -> str:
-    return vae_pb2.DataType.Name(code) if code in vae_pb2.DataType.values() else f"unknown dtype {code}"
+    known = code in vae_pb2.DataType.values()
+    return vae_pb2.DataType.Name(vae_pb2.DataType.ValueType(code)) if known else f"unknown dtype {code}"
 
 
 def to_proto(array: npt.ArrayLike) -> vae_pb2.Tensor:
@@ -73,9 +74,7 @@ def from_proto(
         raise TensorError(f"{name}: expected shape {expected}, got {shape}")
     expected_bytes = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected_bytes:
-        raise TensorError(
-            f"{name}: shape {shape} of {dtype.name} needs {expected_bytes} bytes, got {len(tensor.data)}"
-        )
+        raise TensorError(f"{name}: shape {shape} of {dtype.name} needs {expected_bytes} bytes, got {len(tensor.data)}")
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
 
 

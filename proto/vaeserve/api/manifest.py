@@ -7,6 +7,7 @@ bundles from other frameworks.
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import datetime
 from typing import Any, Literal
@@ -135,7 +136,7 @@ class Calibration(_Strict):
     def _sorted_finite(cls, scores: list[float]) -> list[float]:
         if not all(math.isfinite(s) for s in scores):
             raise ValueError("calibration scores must be finite")
-        if any(b < a for a, b in zip(scores, scores[1:])):
+        if any(b < a for a, b in itertools.pairwise(scores)):
             raise ValueError("calibration scores must be sorted in ascending order")
         return scores
 
@@ -194,8 +195,10 @@ class Manifest(_Strict):
         if self.image is not None:
             pixels = self.image.channels * self.image.height * self.image.width
             if pixels != dim:
-                raise ValueError(f"image layout {self.image.channels}x{self.image.height}x{self.image.width} "
-                                 f"does not hold the {dim} input features")
+                raise ValueError(
+                    f"image layout {self.image.channels}x{self.image.height}x{self.image.width} "
+                    f"does not hold the {dim} input features"
+                )
         return self
 
     @property

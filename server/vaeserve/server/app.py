@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,7 @@ from vaeserve.server.status import RequestGuard
 __all__ = ["App", "create_server", "load_model", "serve"]
 
 log = logging.getLogger(__name__)
+AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]  # re-exported, untyped
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -33,7 +35,7 @@ class App:
     server: grpc.aio.Server
     port: int
     servicer: VaeServicer
-    health: health.aio.HealthServicer
+    health: AsyncHealthServicer
 
     async def set_model(self, model: ServedModel) -> None:
         guard = self.servicer.guard
@@ -54,22 +56,30 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     root = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-                                       root_certificates=root, require_client_auth=settings.require_client_cert)
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=root,
+        require_client_auth=settings.require_client_cert,
+    )
 
 
 async def create_server(settings: Settings, model: ServedModel | None = None) -> App:
     """A started server on settings.host:settings.port (0: any free port); NOT_SERVING until it has a model."""
     limit = settings.max_message_mb << 20
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     servicer = VaeServicer(RequestGuard(settings.max_in_flight, settings.log_requests))
     vae_pb2_grpc.add_VaeServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, _NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
@@ -87,23 +97,39 @@ async def create_server(settings: Settings, model: ServedModel | None = None) ->
 def load_model(settings: Settings) -> ServedModel:
     """Loads and checks the bundle, creates the sessions and runs each once."""
     bundle = load_bundle(settings.bundle)
-    runtime = RuntimeConfig(device=settings.device, strict_device=settings.strict_device,
-                            intra_op_threads=settings.intra_op_threads, allow_spinning=settings.allow_spinning)
-    engine = Engine(bundle, runtime, chunk_samples=settings.chunk_samples,
-                    noise_cache_bytes=settings.noise_cache_mb << 20)
+    runtime = RuntimeConfig(
+        device=settings.device,
+        strict_device=settings.strict_device,
+        intra_op_threads=settings.intra_op_threads,
+        allow_spinning=settings.allow_spinning,
+    )
+    engine = Engine(
+        bundle, runtime, chunk_samples=settings.chunk_samples, noise_cache_bytes=settings.noise_cache_mb << 20
+    )
     engine.warm_up()
     m = bundle.manifest
-    log.info("model %s:%s loaded from %s: %s likelihood, input %s, latent %d, calibration %s; provider %s",
-             m.name, m.version, bundle.path, m.likelihood, m.input_shape, m.latent_dim,
-             f"K={m.calibration.k} on {len(m.calibration.scores)} inputs" if m.calibration else "none",
-             engine.provider)
+    log.info(
+        "model %s:%s loaded from %s: %s likelihood, input %s, latent %d, calibration %s; provider %s",
+        m.name,
+        m.version,
+        bundle.path,
+        m.likelihood,
+        m.input_shape,
+        m.latent_dim,
+        f"K={m.calibration.k} on {len(m.calibration.scores)} inputs" if m.calibration else "none",
+        engine.provider,
+    )
     return ServedModel(engine, settings)
 
 
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains: the process exits 0 after requests in flight finish."""
     app = await create_server(settings)
-    tls = "TLS" + (" with client certificates" if settings.require_client_cert else "") if settings.tls_cert else "plaintext"
+    tls = (
+        "TLS" + (" with client certificates" if settings.require_client_cert else "")
+        if settings.tls_cert
+        else "plaintext"
+    )
     log.info("listening on %s:%d (%s); health NOT_SERVING while the model loads", settings.host, app.port, tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

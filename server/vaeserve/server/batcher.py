@@ -2,10 +2,11 @@
 
 Requests queue while the engine is busy; a worker task drains the queue in batches of up
 to `max_inputs` inputs, waiting at most `max_delay_s` for more, runs one merged call and
-hands each request its own rows back. A request that arrives alone (nothing running, nothing
-queued, no other request in flight) runs at once, so batching costs nothing at low load. If a merged run fails, each request is run
-alone so an error belongs to the request that caused it. The worker exits when the queue
-is empty and is started again by the next request, so no request can wait on a dead worker.
+hands each request its own rows back. A request that arrives alone (nothing running,
+nothing queued, no other request in flight) runs at once, so batching costs nothing at
+low load. If a merged run fails, each request is run alone so an error belongs to the
+request that caused it. The worker exits when the queue is empty and is started again by
+the next request, so no request can wait on a dead worker.
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ class _Pending(Generic[Item, Result]):
 class DynamicBatcher(Generic[Item, Result]):
     """`run(items)` computes the results of a list of items, in order; `run` decides where it executes."""
 
-    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Result]]], *, max_inputs: int,
-                 max_delay_s: float = 0.0, contended: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[Item]], Awaitable[list[Result]]],
+        *,
+        max_inputs: int,
+        max_delay_s: float = 0.0,
+        contended: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._run = run
         self._contended = contended
         self._max_inputs = max_inputs
@@ -124,8 +131,9 @@ class DynamicBatcher(Generic[Item, Result]):
             _settle(pending, result=result)
 
 
-def _settle(pending: _Pending[Item, Result], *, result: Result | None = None, exception: Exception | None = None
-            ) -> None:
+def _settle(
+    pending: _Pending[Item, Result], *, result: Result | None = None, exception: Exception | None = None
+) -> None:
     if pending.future.done():
         return
     if exception is not None:

@@ -47,18 +47,23 @@ def sha256_of(path: Path) -> str:
 def load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     if not root.is_dir():
-        raise BundleError(f"{root}: not a directory; a bundle is a directory holding {MANIFEST_FILE}, "
-                          f"{ENCODER_FILE} and {DECODER_FILE}")
+        raise BundleError(
+            f"{root}: not a directory; a bundle is a directory holding {MANIFEST_FILE}, "
+            f"{ENCODER_FILE} and {DECODER_FILE}"
+        )
     manifest = _read_manifest(root / MANIFEST_FILE)
     encoder = _read_model(root / ENCODER_FILE, manifest.sha256[ENCODER_FILE])
     decoder = _read_model(root / DECODER_FILE, manifest.sha256[DECODER_FILE])
     lead = (None,)
     _check_io(root / ENCODER_FILE, encoder, "input", {"x": lead + tuple(manifest.input_shape)})
-    _check_io(root / ENCODER_FILE, encoder, "output",
-              {name: lead + (manifest.latent_dim,) for name in ENCODER_OUTPUTS})
-    _check_io(root / DECODER_FILE, decoder, "input", {"z": lead + (manifest.latent_dim,)})
-    _check_io(root / DECODER_FILE, decoder, "output",
-              {name: lead + tuple(manifest.input_shape) for name in manifest.decoder_outputs})
+    _check_io(root / ENCODER_FILE, encoder, "output", {name: (*lead, manifest.latent_dim) for name in ENCODER_OUTPUTS})
+    _check_io(root / DECODER_FILE, decoder, "input", {"z": (*lead, manifest.latent_dim)})
+    _check_io(
+        root / DECODER_FILE,
+        decoder,
+        "output",
+        {name: lead + tuple(manifest.input_shape) for name in manifest.decoder_outputs},
+    )
     return Bundle(root, manifest, encoder, decoder)
 
 
@@ -105,8 +110,10 @@ def _read_model(path: Path, expected_sha256: str) -> onnx.ModelProto:
         raise BundleError(f"{path}: missing; the manifest lists it")
     actual = sha256_of(path)
     if actual != expected_sha256:
-        raise BundleError(f"{path}: sha256 mismatch (manifest {expected_sha256[:12]}..., file {actual[:12]}...); "
-                          "the file was changed or corrupted after export")
+        raise BundleError(
+            f"{path}: sha256 mismatch (manifest {expected_sha256[:12]}..., file {actual[:12]}...); "
+            "the file was changed or corrupted after export"
+        )
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
@@ -132,11 +139,17 @@ def _check_io(path: Path, model: onnx.ModelProto, kind: str, want: dict[str, tup
             continue
         dims = tensor_type.shape.dim
         if len(dims) != len(shape):
-            raise BundleError(f"{path}: {kind} {name!r} has rank {len(dims)}; the contract needs {len(shape)} "
-                              f"(batch, {', '.join(str(s) for s in shape[1:])})")
+            raise BundleError(
+                f"{path}: {kind} {name!r} has rank {len(dims)}; the contract needs {len(shape)} "
+                f"(batch, {', '.join(str(s) for s in shape[1:])})"
+            )
         if dims[0].HasField("dim_value") and dims[0].dim_value not in (0,):
-            raise BundleError(f"{path}: {kind} {name!r} has a fixed batch size {dims[0].dim_value}; "
-                              "export it with a dynamic batch axis")
+            raise BundleError(
+                f"{path}: {kind} {name!r} has a fixed batch size {dims[0].dim_value}; "
+                "export it with a dynamic batch axis"
+            )
         for axis, (dim, size) in enumerate(zip(dims[1:], shape[1:]), start=1):
             if dim.HasField("dim_value") and dim.dim_value != size:
-                raise BundleError(f"{path}: {kind} {name!r} axis {axis} is {dim.dim_value}; the manifest implies {size}")
+                raise BundleError(
+                    f"{path}: {kind} {name!r} axis {axis} is {dim.dim_value}; the manifest implies {size}"
+                )

@@ -19,8 +19,19 @@ from vaeserve.server.model import ServedModel
 from vaeserve.server.status import request_id
 
 __all__ = [
-    "DecodeCall", "EncodeCall", "SampleCall", "ScoreCall", "decode_from_pb", "decoded_to_pb", "encode_from_pb",
-    "encode_to_pb", "header", "model_info_to_pb", "sample_from_pb", "score_from_pb", "score_to_pb",
+    "DecodeCall",
+    "EncodeCall",
+    "SampleCall",
+    "ScoreCall",
+    "decode_from_pb",
+    "decoded_to_pb",
+    "encode_from_pb",
+    "encode_to_pb",
+    "header",
+    "model_info_to_pb",
+    "sample_from_pb",
+    "score_from_pb",
+    "score_to_pb",
 ]
 
 INPUT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64, np.uint8, np.int32, np.int64))
@@ -30,8 +41,12 @@ SERVER_VERSION = "0.1.0"
 
 
 def header(model: ServedModel) -> pb.ReplyHeader:
-    return pb.ReplyHeader(model_name=model.manifest.name, model_version=model.manifest.version,
-                          replica_id=model.replica_id, request_id=request_id())
+    return pb.ReplyHeader(
+        model_name=model.manifest.name,
+        model_version=model.manifest.version,
+        replica_id=model.replica_id,
+        request_id=request_id(),
+    )
 
 
 def _inputs(tensor: pb.Tensor, has: bool, model: ServedModel) -> np.ndarray:
@@ -43,19 +58,26 @@ def _inputs(tensor: pb.Tensor, has: bool, model: ServedModel) -> np.ndarray:
     return model.engine.prepare(raw)
 
 
-def _seed(request: pb.EncodeRequest | pb.DecodeRequest | pb.SampleRequest | pb.ScoreRequest,
-          model: ServedModel) -> int:
+def _seed(request: pb.EncodeRequest | pb.DecodeRequest | pb.SampleRequest | pb.ScoreRequest, model: ServedModel) -> int:
     return int(request.seed) if request.HasField("seed") else model.defaults.seed
 
 
 def model_info_to_pb(model: ServedModel, provider: str) -> pb.GetModelInfoResponse:
     m, limits, defaults = model.manifest, model.limits, model.defaults
     return pb.GetModelInfoResponse(
-        header=header(model), input_shape=m.input_shape, latent_dim=m.latent_dim,
-        likelihood=_LIKELIHOOD[m.likelihood], manifest_json=m.model_dump_json(exclude_none=True),
+        header=header(model),
+        input_shape=m.input_shape,
+        latent_dim=m.latent_dim,
+        likelihood=_LIKELIHOOD[m.likelihood],
+        manifest_json=m.model_dump_json(exclude_none=True),
         execution_provider=provider,
-        limits=pb.Limits(max_batch=limits.max_batch, max_k=limits.max_k, max_samples=limits.max_samples,
-                         max_in_flight=limits.max_in_flight, max_message_bytes=limits.max_message_bytes),
+        limits=pb.Limits(
+            max_batch=limits.max_batch,
+            max_k=limits.max_k,
+            max_samples=limits.max_samples,
+            max_in_flight=limits.max_in_flight,
+            max_message_bytes=limits.max_message_bytes,
+        ),
         defaults=pb.Defaults(k=defaults.k, seed=defaults.seed, threshold_quantile=defaults.threshold_quantile),
         server_version=SERVER_VERSION,
     )
@@ -84,10 +106,17 @@ def encode_from_pb(request: pb.EncodeRequest, model: ServedModel) -> EncodeCall:
     return EncodeCall(x, n, _seed(request, model), resample, proposals)
 
 
-def encode_to_pb(model: ServedModel, call: EncodeCall, mean: np.ndarray, logvar: np.ndarray,
-                 samples: np.ndarray | None, ess: np.ndarray | None) -> pb.EncodeResponse:
-    reply = pb.EncodeResponse(header=header(model), z_mean=codec.to_proto(mean), z_logvar=codec.to_proto(logvar),
-                              seed=call.seed)
+def encode_to_pb(
+    model: ServedModel,
+    call: EncodeCall,
+    mean: np.ndarray,
+    logvar: np.ndarray,
+    samples: np.ndarray | None,
+    ess: np.ndarray | None,
+) -> pb.EncodeResponse:
+    reply = pb.EncodeResponse(
+        header=header(model), z_mean=codec.to_proto(mean), z_logvar=codec.to_proto(logvar), seed=call.seed
+    )
     if samples is not None:
         reply.z_samples.CopyFrom(codec.to_proto(samples))
     if ess is not None:
@@ -105,8 +134,7 @@ class DecodeCall:
 def decode_from_pb(request: pb.DecodeRequest, model: ServedModel) -> DecodeCall:
     if not request.HasField("z"):
         raise InvalidArgument("z is missing: send a batch of latent vectors as a tensor")
-    z = codec.from_proto(request.z, name="z", dtypes=LATENT_DTYPES,
-                         shapes=[(None, model.manifest.latent_dim)])
+    z = codec.from_proto(request.z, name="z", dtypes=LATENT_DTYPES, shapes=[(None, model.manifest.latent_dim)])
     model.check_batch(len(z), "z")
     return DecodeCall(np.asarray(z, dtype=np.float32), request.sample, _seed(request, model))
 
@@ -144,25 +172,41 @@ class ScoreCall:
 def score_from_pb(request: pb.ScoreRequest, model: ServedModel) -> ScoreCall:
     k = int(request.k) if request.HasField("k") else model.defaults.k
     model.check_k(k)
-    quantile = request.threshold_quantile if request.HasField("threshold_quantile") \
-        else model.defaults.threshold_quantile
+    quantile = (
+        request.threshold_quantile if request.HasField("threshold_quantile") else model.defaults.threshold_quantile
+    )
     if not 0.0 <= quantile <= 1.0:
         raise InvalidArgument(f"threshold_quantile must lie in [0, 1], got {quantile}")
     x = _inputs(request.x, request.HasField("x"), model)
-    options = ScoreOptions(k=k, prior_estimate=request.prior_estimate, per_dim=request.per_dim,
-                           reconstruction=request.reconstruction, anomaly=not request.skip_anomaly,
-                           threshold_quantile=quantile)
+    options = ScoreOptions(
+        k=k,
+        prior_estimate=request.prior_estimate,
+        per_dim=request.per_dim,
+        reconstruction=request.reconstruction,
+        anomaly=not request.skip_anomaly,
+        threshold_quantile=quantile,
+    )
     return ScoreCall(x, options, _seed(request, model))
 
 
 def score_to_pb(model: ServedModel, call: ScoreCall, result: ScoreResult) -> pb.ScoreResponse:
     t = codec.to_proto
     reply = pb.ScoreResponse(
-        header=header(model), k=call.options.k, seed=call.seed,
-        elbo=t(result.elbo), elbo_se=t(result.elbo_se), reconstruction_term=t(result.reconstruction_term),
-        kl=t(result.kl), expected_log_joint=t(result.expected_log_joint), entropy=t(result.entropy),
-        log_px=t(result.log_px), log_px_se=t(result.log_px_se), ess=t(result.ess),
-        bits_per_dim=t(result.bits_per_dim), gap=t(result.gap), gap_se=t(result.gap_se),
+        header=header(model),
+        k=call.options.k,
+        seed=call.seed,
+        elbo=t(result.elbo),
+        elbo_se=t(result.elbo_se),
+        reconstruction_term=t(result.reconstruction_term),
+        kl=t(result.kl),
+        expected_log_joint=t(result.expected_log_joint),
+        entropy=t(result.entropy),
+        log_px=t(result.log_px),
+        log_px_se=t(result.log_px_se),
+        ess=t(result.ess),
+        bits_per_dim=t(result.bits_per_dim),
+        gap=t(result.gap),
+        gap_se=t(result.gap_se),
     )
     if result.prior is not None:
         reply.prior_log_px.CopyFrom(t(result.prior.log_px))
@@ -170,9 +214,17 @@ def score_to_pb(model: ServedModel, call: ScoreCall, result: ScoreResult) -> pb.
         reply.prior_ess.CopyFrom(t(result.prior.ess))
     if result.anomaly is not None:
         a = result.anomaly
-        reply.anomaly.CopyFrom(pb.Anomaly(score=t(a.score), percentile=t(a.percentile), is_anomaly=t(a.is_anomaly),
-                                          threshold=a.threshold, threshold_quantile=a.threshold_quantile, k=a.k,
-                                          estimator=a.estimator))
+        reply.anomaly.CopyFrom(
+            pb.Anomaly(
+                score=t(a.score),
+                percentile=t(a.percentile),
+                is_anomaly=t(a.is_anomaly),
+                threshold=a.threshold,
+                threshold_quantile=a.threshold_quantile,
+                k=a.k,
+                estimator=a.estimator,
+            )
+        )
     if result.per_dim is not None:
         reply.per_dim.CopyFrom(t(result.per_dim))
     if result.reconstruction is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,14 @@ class ScoreOptions:
     reconstruction: bool = False
     anomaly: bool = True
     threshold_quantile: float = 0.99
+
+
+@dataclass
+class _Estimation:
+    iwae: Estimate
+    elbo: ElboSums
+    z_mean: np.ndarray
+    z_logvar: np.ndarray
 
 
 @dataclass
@@ -97,29 +106,26 @@ class ScoreResult:
 
     def rows(self, rows: slice) -> ScoreResult:
         """The results of a contiguous run of inputs (to split a merged batch)."""
-        def cut(value: object) -> object:
+
+        def cut(value: Any) -> Any:
             if isinstance(value, np.ndarray):
                 return value[rows]
             if isinstance(value, (Estimate, Anomaly)):
                 return replace(value, **{f.name: cut(getattr(value, f.name)) for f in fields(value)})
             return value
-        return replace(self, **{f.name: cut(getattr(self, f.name)) for f in fields(self)})
 
-    @staticmethod
-    def concat(parts: list[ScoreResult]) -> ScoreResult:
-        def join(values: list[object]) -> object:
-            first = values[0]
-            if isinstance(first, np.ndarray):
-                return np.concatenate(values)  # type: ignore[arg-type]
-            if isinstance(first, (Estimate, Anomaly)):
-                return replace(first, **{f.name: join([getattr(v, f.name) for v in values]) for f in fields(first)})
-            return first
-        return ScoreResult(**{f.name: join([getattr(p, f.name) for p in parts]) for f in fields(ScoreResult)})
+        return replace(self, **{f.name: cut(getattr(self, f.name)) for f in fields(self)})
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, config: RuntimeConfig | None = None, *, chunk_samples: int = 2048,
-                 noise_cache_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        config: RuntimeConfig | None = None,
+        *,
+        chunk_samples: int = 2048,
+        noise_cache_bytes: int = 64 << 20,
+    ) -> None:
         config = config or RuntimeConfig()
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
@@ -131,8 +137,11 @@ class Engine:
         self.chunk_samples = chunk_samples
         self.noise = NoiseSource(self.manifest.latent_dim, noise_cache_bytes)
         shape = tuple(self.manifest.input_shape)
-        self._input_shapes = [shape] + ([shape[1:]] if len(shape) == 3 and shape[0] == 1 else []) \
+        self._input_shapes = (
+            [shape]
+            + ([shape[1:]] if len(shape) == 3 and shape[0] == 1 else [])
             + ([(self.manifest.dim,)] if len(shape) > 1 else [])
+        )
         gaussian = self.manifest.likelihood == "gaussian"
         self._log_lik_const = log_standard_normal_const(self.manifest.dim) if gaussian else 0.0
         self._per_dim_const = log_standard_normal_const(1) if gaussian else 0.0
@@ -161,16 +170,19 @@ class Engine:
             if low < 0.0 or high > 1.0:
                 if low < -_BERNOULLI_SLACK or high > 1 + _BERNOULLI_SLACK:
                     bad = (x < -_BERNOULLI_SLACK) | (x > 1 + _BERNOULLI_SLACK)
-                    row, col = np.unravel_index(int(np.argmax(bad)), x.shape)
+                    row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
                     raise InvalidArgument(
                         f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after "
                         f"preprocessing; this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
-                        f"{self._raw_range(col)})")
+                        f"{self._raw_range(col)})"
+                    )
                 np.clip(x, 0.0, 1.0, out=x)
         elif float(np.abs(x).max()) > _GAUSSIAN_LIMIT:
             row = int(np.argmax(np.abs(x).max(axis=1)))
-            raise InvalidArgument(f"x[{row}] has a value of magnitude above {_GAUSSIAN_LIMIT:g} after preprocessing; "
-                                  "far outside anything this model can score")
+            raise InvalidArgument(
+                f"x[{row}] has a value of magnitude above {_GAUSSIAN_LIMIT:g} after preprocessing; "
+                "far outside anything this model can score"
+            )
         return x
 
     def _raw_range(self, feature: int) -> str:
@@ -186,8 +198,16 @@ class Engine:
         mean, logvar = self._encoder.run(["z_mean", "z_logvar"], {"x": shaped}, len(shaped))
         return mean, logvar
 
-    def posterior_samples(self, x: np.ndarray, n: int, seed: int, *, resample: bool = False, proposals: int = 1000,
-                          check: Check = _no_check) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    def posterior_samples(
+        self,
+        x: np.ndarray,
+        n: int,
+        seed: int,
+        *,
+        resample: bool = False,
+        proposals: int = 1000,
+        check: Check = _no_check,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(mean, logvar, n draws per input [B, n, L], ESS or None).
 
         Draws come from q(z|x), or are importance-resampled from `proposals` draws of q, when the
@@ -241,43 +261,57 @@ class Engine:
 
     # --- scoring --------------------------------------------------------------------------
 
-    def score(self, x: np.ndarray, options: ScoreOptions, seed: int | np.ndarray, check: Check = _no_check
-              ) -> ScoreResult:
+    def score(
+        self, x: np.ndarray, options: ScoreOptions, seed: int | np.ndarray, check: Check = _no_check
+    ) -> ScoreResult:
         """Scores model-space inputs x [B, D]. `seed` is one seed for all inputs, or one per input."""
         seeds = np.broadcast_to(np.asarray(seed, dtype=np.uint64), (len(x),))
         k = options.k
         if k < 1:
             raise InvalidArgument(f"k must be at least 1, got {k}")
         main = self._estimate(x, k, seeds, Variant("posterior", options.per_dim), check)
-        elbo_sums: ElboSums = main["elbo"]
-        iwae: Estimate = main["iwae"]
-        mean, logvar = main["z_mean"], main["z_logvar"]
+        elbo_sums, iwae, mean, logvar = main.elbo, main.iwae, main.z_mean, main.z_logvar
         kl = kl_to_standard_normal(mean, logvar)
         entropy = gaussian_entropy(logvar)
         recon_term = elbo_sums.mean()
         elbo = recon_term - kl
         elbo_se = elbo_sums.se()
         result = ScoreResult(
-            elbo=elbo, elbo_se=elbo_se, reconstruction_term=recon_term, kl=kl,
-            expected_log_joint=recon_term + elbo_sums.mean_log_pz(), entropy=entropy,
-            log_px=iwae.log_px, log_px_se=iwae.se, ess=iwae.ess,
+            elbo=elbo,
+            elbo_se=elbo_se,
+            reconstruction_term=recon_term,
+            kl=kl,
+            expected_log_joint=recon_term + elbo_sums.mean_log_pz(),
+            entropy=entropy,
+            log_px=iwae.log_px,
+            log_px_se=iwae.se,
+            ess=iwae.ess,
             bits_per_dim=-iwae.log_px / (self.manifest.dim * math.log(2.0)),
-            gap=iwae.log_px - elbo, gap_se=np.sqrt(elbo_se**2 + iwae.se**2),
+            gap=iwae.log_px - elbo,
+            gap_se=np.sqrt(elbo_se**2 + iwae.se**2),
         )
         if options.per_dim and elbo_sums.per_dim is not None:
             per_dim = elbo_sums.per_dim / elbo_sums.n[:, None] + self._per_dim_const
             result.per_dim = per_dim.reshape(len(x), *self.manifest.input_shape)
         if options.prior_estimate:
-            result.prior = self._estimate(x, k, seeds, Variant("prior"), check)["iwae"]
+            result.prior = self._estimate(x, k, seeds, Variant("prior"), check).iwae
         calibration = self.manifest.calibration
         if options.anomaly and calibration is not None:
-            log_px = iwae.log_px if calibration.k == k else \
-                self._estimate(x, calibration.k, seeds, Variant("posterior"), check)["iwae"].log_px
+            log_px = (
+                iwae.log_px
+                if calibration.k == k
+                else self._estimate(x, calibration.k, seeds, Variant("posterior"), check).iwae.log_px
+            )
             threshold = _threshold(calibration.threshold, options.threshold_quantile)
-            result.anomaly = Anomaly(score=-log_px, percentile=calibration.percentile(-log_px),
-                                     is_anomaly=-log_px > threshold, threshold=threshold,
-                                     threshold_quantile=options.threshold_quantile, k=calibration.k,
-                                     estimator=calibration.estimator)
+            result.anomaly = Anomaly(
+                score=-log_px,
+                percentile=calibration.percentile(-log_px),
+                is_anomaly=-log_px > threshold,
+                threshold=threshold,
+                threshold_quantile=options.threshold_quantile,
+                k=calibration.k,
+                estimator=calibration.estimator,
+            )
         if options.reconstruction:
             result.reconstruction = self.reconstruct(x)
         return result
@@ -295,8 +329,7 @@ class Engine:
             block = np.stack(pieces)
             yield block if len(unique) == 1 else block[inverse]
 
-    def _estimate(self, x: np.ndarray, k: int, seeds: np.ndarray, variant: Variant, check: Check
-                  ) -> dict[str, object]:
+    def _estimate(self, x: np.ndarray, k: int, seeds: np.ndarray, variant: Variant, check: Check) -> _Estimation:
         batch = len(x)
         rows_per_run, draws = self._plan(k)
         iwae = LogMeanExp(batch)
@@ -312,7 +345,7 @@ class Engine:
                     mean[rows], logvar[rows] = chunk.z_mean, chunk.z_logvar
                     elbo.add(rows, chunk.log_lik, chunk.log_pz, chunk.per_dim)
                 iwae.add(rows, chunk.log_w)
-        return {"iwae": iwae.result(), "elbo": elbo, "z_mean": mean, "z_logvar": logvar}
+        return _Estimation(iwae.result(), elbo, mean, logvar)
 
     def _run_chunk(self, variant: Variant, x: np.ndarray, eps: np.ndarray, first_row: int) -> _Chunk:
         """One session run: log p(x|z_k), log p(z_k) and log w_k for draws eps [E, C, L] of inputs x."""
@@ -327,8 +360,14 @@ class Engine:
             eps_sq = np.einsum("ecl,ecl->ec", eps, eps, dtype=np.float64)
             log_pz = -0.5 * out[Z_SQ].astype(np.float64) + latent_const
             log_q = -0.5 * eps_sq - 0.5 * logvar.astype(np.float64).sum(axis=1, keepdims=True) + latent_const
-            chunk = _Chunk(log_lik=log_lik, log_pz=log_pz, log_w=log_lik + log_pz - log_q,
-                           z_mean=out[Z_MEAN], z_logvar=logvar, per_dim=out.get(PER_DIM))
+            chunk = _Chunk(
+                log_lik=log_lik,
+                log_pz=log_pz,
+                log_w=log_lik + log_pz - log_q,
+                z_mean=out[Z_MEAN],
+                z_logvar=logvar,
+                per_dim=out.get(PER_DIM),
+            )
         _require_finite_scores(chunk.log_w, first_row)
         return chunk
 
@@ -342,7 +381,7 @@ class Engine:
             for eps in self.noise.chunks(seed, proposals, draws):
                 check()
                 chunk = self._run_chunk(Variant("posterior"), x[rows], eps[None], start)
-                log_w[rows, column:column + len(eps)] = chunk.log_w
+                log_w[rows, column : column + len(eps)] = chunk.log_w
                 column += len(eps)
         return log_w
 
@@ -356,8 +395,10 @@ class Engine:
         params = self.decode(mean)
         for name in m.decoder_outputs:
             if params[name].shape != (2, *m.input_shape):
-                raise BundleError(f"decoder output {name!r} has shape {params[name].shape}; "
-                                      f"expected (2, {', '.join(map(str, m.input_shape))})")
+                raise BundleError(
+                    f"decoder output {name!r} has shape {params[name].shape}; "
+                    f"expected (2, {', '.join(map(str, m.input_shape))})"
+                )
         big = np.repeat(x[:1], SMALL_RUN + 1, axis=0)  # the multi-threaded sessions too
         self.decode(self.encode(big)[0])
         for variant in _VARIANTS:
@@ -389,5 +430,7 @@ def _require_finite_scores(log_w: np.ndarray, first_row: int) -> None:
     finite = np.isfinite(log_w).all(axis=1)
     if not finite.all():
         rows = [first_row + int(i) for i in np.flatnonzero(~finite)[:5]]
-        raise InvalidArgument(f"x{rows}: the model's log-likelihood is not finite for these inputs; "
-                              "they may lie far outside the data it was trained on")
+        raise InvalidArgument(
+            f"x{rows}: the model's log-likelihood is not finite for these inputs; "
+            "they may lie far outside the data it was trained on"
+        )

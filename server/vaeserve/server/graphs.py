@@ -14,7 +14,7 @@ engine adds in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -22,7 +22,7 @@ from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
 from vaeserve.server.bundle import Bundle
 
-__all__ = ["LOG_LIK", "MIN_OPSET", "PER_DIM", "Variant", "Z_LOGVAR", "Z_MEAN", "Z_SQ", "build_score_graph"]
+__all__ = ["LOG_LIK", "MIN_OPSET", "PER_DIM", "Z_LOGVAR", "Z_MEAN", "Z_SQ", "Variant", "build_score_graph"]
 
 MIN_OPSET = 18  # Reduce* ops take their axes as an input
 LOG_LIK = "log_px_given_z"  # [B, C]
@@ -60,7 +60,7 @@ class _Builder:
         self.constants.append(numpy_helper.from_array(value, name))
         return name
 
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
         output = out or self._name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attrs))
         return output
@@ -119,13 +119,18 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
         helper.make_tensor_value_info("x", float_in, ["batch", dim]),
         helper.make_tensor_value_info("eps", float_in, ["noise_rows", "draws", latent]),
     ]
-    shapes = {LOG_LIK: ["batch", "draws"], Z_SQ: ["batch", "draws"], Z_MEAN: ["batch", latent],
-              Z_LOGVAR: ["batch", latent], PER_DIM: ["batch", dim]}
+    shapes: dict[str, list[str | int]] = {
+        LOG_LIK: ["batch", "draws"],
+        Z_SQ: ["batch", "draws"],
+        Z_MEAN: ["batch", latent],
+        Z_LOGVAR: ["batch", latent],
+        PER_DIM: ["batch", dim],
+    }
     outputs = [helper.make_tensor_value_info(name, float_in, shapes[name]) for name in variant.outputs]
     nodes = [n for part in parts for n in part.node]
     used = {i for n in g.nodes for i in n.input}
     initializers = [t for part in parts for t in part.initializer] + [c for c in g.constants if c.name in used]
-    # Glue nodes that feed a sub-graph must come before it: order is glue-in, parts, glue-out.
+    # The checker wants every input produced before use; glue sits before and after the sub-graphs.
     graph = helper.make_graph(
         _topological(g.nodes + nodes, inputs=["x", "eps"], initializers={t.name for t in initializers}),
         f"{bundle.manifest.name}-score-{variant.proposal}{'-per-dim' if variant.per_dim else ''}",
@@ -161,13 +166,21 @@ def _bernoulli_sum(g: _Builder, x: str, logits: str, dim: int, out: str) -> str:
     axis2, last = g.const(np.array([2], np.int64), "axis2"), g.const(np.array([-1], np.int64), "last")
     xl = g.op("Squeeze", g.op("MatMul", logits, g.op("Unsqueeze", x, last)), last)  # [B, C]
     magnitude = g.op("Abs", logits)
-    relu_sum = g.op("Mul", g.op("Add", g.op("ReduceSum", logits, axis2, keepdims=0),
-                                g.op("ReduceSum", magnitude, axis2, keepdims=0)),
-                    g.const(np.array(0.5, np.float32), "half"))
+    relu_sum = g.op(
+        "Mul",
+        g.op("Add", g.op("ReduceSum", logits, axis2, keepdims=0), g.op("ReduceSum", magnitude, axis2, keepdims=0)),
+        g.const(np.array(0.5, np.float32), "half"),
+    )
     group = max(d for d in range(1, min(dim, 64) + 1) if dim % d == 0)
-    grouped = g.op("Reshape", g.op("Sigmoid", magnitude), g.const(np.array([0, 0, dim // group, group], np.int64), "groups"))
-    log_sigmoid_sum = g.op("ReduceSum", g.op("Log", g.op("ReduceProd", grouped, g.const(np.array([3], np.int64), "axis3"),
-                                                        keepdims=0)), axis2, keepdims=0)
+    grouped = g.op(
+        "Reshape", g.op("Sigmoid", magnitude), g.const(np.array([0, 0, dim // group, group], np.int64), "groups")
+    )
+    log_sigmoid_sum = g.op(
+        "ReduceSum",
+        g.op("Log", g.op("ReduceProd", grouped, g.const(np.array([3], np.int64), "axis3"), keepdims=0)),
+        axis2,
+        keepdims=0,
+    )
     return g.op("Add", g.op("Sub", xl, relu_sum), log_sigmoid_sum, out=out)
 
 
@@ -180,8 +193,9 @@ def _aligned(
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, list[onnx.OperatorSetIdProto]]:
     """Brings both graphs to one default-domain opset (at least MIN_OPSET, for the glue)."""
     target = max(MIN_OPSET, _default_opset(encoder), _default_opset(decoder))
-    converted = [m if _default_opset(m) == target else version_converter.convert_version(m, target)
-                 for m in (encoder, decoder)]
+    converted = [
+        m if _default_opset(m) == target else version_converter.convert_version(m, target) for m in (encoder, decoder)
+    ]
     versions: dict[str, int] = {"": target}
     for model in converted:
         for opset in model.opset_import:

@@ -58,18 +58,28 @@ class ServedModel:
         self.manifest: Manifest = engine.manifest
         self.replica_id = settings.replica_id
         calibration = self.manifest.calibration
-        self.limits = Limits(settings.max_batch, settings.max_k, settings.max_samples, settings.max_in_flight,
-                             settings.max_message_mb << 20)
+        self.limits = Limits(
+            settings.max_batch,
+            settings.max_k,
+            settings.max_samples,
+            settings.max_in_flight,
+            settings.max_message_mb << 20,
+        )
         self.defaults = Defaults(
             k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
-            seed=settings.default_seed, threshold_quantile=settings.threshold_quantile)
+            seed=settings.default_seed,
+            threshold_quantile=settings.threshold_quantile,
+        )
         self._executor = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="vaeserve-run")
         self._batching = settings.batching
         self._batch_max_k = settings.batch_max_k
         self._inline_rows = settings.inline_rows
         self._batchers: dict[object, DynamicBatcher] = {}  # type: ignore[type-arg]
-        self._batch_args = {"max_inputs": settings.batch_max_inputs, "max_delay_s": settings.batch_max_delay_ms / 1e3,
-                            "contended": lambda: self.requests_in_flight() > 1}
+        self._batch_args = {
+            "max_inputs": settings.batch_max_inputs,
+            "max_delay_s": settings.batch_max_delay_ms / 1e3,
+            "contended": lambda: self.requests_in_flight() > 1,
+        }
         self.requests_in_flight: Callable[[], int] = lambda: 0  # set by the server: other requests may merge
 
     # --- request checks shared by every RPC ------------------------------------------------
@@ -77,13 +87,15 @@ class ServedModel:
     def check_model(self, name: str, version: str) -> None:
         if (name and name != self.manifest.name) or (version and version != self.manifest.version):
             asked = f"{name or '*'}:{version or '*'}"
-            raise ModelNotFound(f"model {asked} is not served here; this server serves "
-                                f"{self.manifest.name}:{self.manifest.version}")
+            raise ModelNotFound(
+                f"model {asked} is not served here; this server serves {self.manifest.name}:{self.manifest.version}"
+            )
 
     def check_batch(self, n: int, what: str = "x") -> None:
         if n > self.limits.max_batch:
-            raise LimitExceeded(f"{what} has {n} inputs; max_batch is {self.limits.max_batch} "
-                                "(split the request, or use ScoreStream)")
+            raise LimitExceeded(
+                f"{what} has {n} inputs; max_batch is {self.limits.max_batch} (split the request, or use ScoreStream)"
+            )
 
     def check_k(self, k: int, what: str = "k") -> None:
         if k < 1:
@@ -97,8 +109,9 @@ class ServedModel:
 
     # --- work -----------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[..., T], *args: object, deadline: float | None = None,
-                   rows: int | None = None) -> T:
+    async def call(
+        self, fn: Callable[..., T], *args: object, deadline: float | None = None, rows: int | None = None
+    ) -> T:
         """Runs fn(*args, check=...); check raises once the deadline passes or the call is cancelled.
 
         Work of up to `inline_rows` rows (inputs x draws) runs right here on the event loop: it takes
@@ -135,7 +148,9 @@ class ServedModel:
         calibration = self.manifest.calibration
         cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
         if self._batching and cost_k <= self._batch_max_k:
-            return await self._batcher(("score", options), self._score_many).submit(_ScoreItem(x, seed, options), len(x))
+            return await self._batcher(("score", options), self._score_many).submit(
+                _ScoreItem(x, seed, options), len(x)
+            )
         return await self.call(self.engine.score, x, options, seed, deadline=deadline, rows=len(x) * cost_k)
 
     def _batcher(self, key: object, run: Callable[[list], Awaitable[list]]) -> DynamicBatcher:  # type: ignore[type-arg]
@@ -148,12 +163,14 @@ class ServedModel:
         def run(check: Callable[[], None]) -> list[tuple[np.ndarray, np.ndarray]]:
             mean, logvar = self.engine.encode(np.concatenate(xs) if len(xs) > 1 else xs[0])
             return [(mean[s], logvar[s]) for s in _spans(xs)]
+
         return await self.call(run, rows=sum(len(x) for x in xs))
 
     async def _decode_many(self, zs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         def run(check: Callable[[], None]) -> list[dict[str, np.ndarray]]:
             params = self.engine.decode(np.concatenate(zs) if len(zs) > 1 else zs[0])
             return [{name: value[s] for name, value in params.items()} for s in _spans(zs)]
+
         return await self.call(run, rows=sum(len(z) for z in zs))
 
     async def _score_many(self, items: list[_ScoreItem]) -> list[ScoreResult]:
@@ -166,6 +183,7 @@ class ServedModel:
             seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
             merged = self.engine.score(np.concatenate(xs), options, seeds, check)
             return [merged.rows(s) for s in _spans(xs)]
+
         return await self.call(run, rows=sum(len(x) for x in xs) * cost_k)
 
     async def close(self) -> None:

@@ -43,14 +43,16 @@ class NoiseSource:
         if nbytes <= self._cache_bytes // 4:
             draws = self._cached(seed, n)
             for start in range(0, n, size):
-                yield draws[start:start + size]
+                yield draws[start : start + size]
             return
         rng = stream(seed)
         for start in range(0, n, size):
             yield rng.standard_normal((min(size, n - start), self.latent_dim), dtype=np.float32)
 
     def draws(self, seed: int, n: int) -> np.ndarray:
-        return np.concatenate(list(self.chunks(seed, n, max(n, 1)))) if n else np.zeros((0, self.latent_dim), np.float32)
+        return (
+            np.concatenate(list(self.chunks(seed, n, max(n, 1)))) if n else np.zeros((0, self.latent_dim), np.float32)
+        )
 
     def _cached(self, seed: int, n: int) -> np.ndarray:
         key = (seed, n)

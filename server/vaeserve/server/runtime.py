@@ -52,16 +52,18 @@ class Runner:
     back, so fused intermediates such as the K-fold decoder output stay on the device.
     """
 
-    def __init__(self, model: onnx.ModelProto, config: RuntimeConfig, providers: list[str],
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, config: RuntimeConfig, providers: list[str], threads: int | None = None
+    ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = config.intra_op_threads if threads is None else threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
         provider_options = [{"device_id": str(config.cuda_device_id)} if p == CUDA else {} for p in providers]
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers,
-                                            provider_options=provider_options)
+        self.session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=providers, provider_options=provider_options
+        )
         self.provider = self.session.get_providers()[0]
         if CUDA in providers and self.provider != CUDA:
             if config.strict_device:

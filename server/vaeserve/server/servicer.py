@@ -5,20 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-import grpc
-
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.server import convert
 from vaeserve.server.errors import NotReady
 from vaeserve.server.model import ServedModel
-from vaeserve.server.status import RequestGuard, stream, unary
+from vaeserve.server.status import Context, RequestGuard, stream, unary
 
 __all__ = ["VaeServicer"]
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+def _deadline(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
@@ -37,13 +35,12 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return self.model
 
     @unary
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.GetModelInfoResponse:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
         model = self._ready(request.model)
         return convert.model_info_to_pb(model, model.engine.provider)
 
     @unary
-    async def Encode(self, request: pb.EncodeRequest, context: grpc.aio.ServicerContext) -> pb.EncodeResponse:
+    async def Encode(self, request: pb.EncodeRequest, context: Context) -> pb.EncodeResponse:
         model = self._ready(request.model)
         call = convert.encode_from_pb(request, model)
         if call.n_samples == 0:
@@ -51,40 +48,49 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             return convert.encode_to_pb(model, call, mean, logvar, None, None)
         engine = model.engine
         mean, logvar, samples, ess = await model.call(
-            lambda x, check: engine.posterior_samples(x, call.n_samples, call.seed, resample=call.resample,
-                                                      proposals=call.proposals, check=check),
-            call.x, deadline=_deadline(context))
+            lambda x, check: engine.posterior_samples(
+                x, call.n_samples, call.seed, resample=call.resample, proposals=call.proposals, check=check
+            ),
+            call.x,
+            deadline=_deadline(context),
+        )
         return convert.encode_to_pb(model, call, mean, logvar, samples, ess)
 
     @unary
-    async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> pb.DecodeResponse:
+    async def Decode(self, request: pb.DecodeRequest, context: Context) -> pb.DecodeResponse:
         model = self._ready(request.model)
         call = convert.decode_from_pb(request, model)
         params = await model.decode(call.z)
         x_sample = model.engine.sample_x(params, call.seed) if call.sample else None
-        return pb.DecodeResponse(header=convert.header(model), decoded=convert.decoded_to_pb(params, x_sample),
-                                 seed=call.seed)
+        return pb.DecodeResponse(
+            header=convert.header(model), decoded=convert.decoded_to_pb(params, x_sample), seed=call.seed
+        )
 
     @unary
-    async def Sample(self, request: pb.SampleRequest, context: grpc.aio.ServicerContext) -> pb.SampleResponse:
+    async def Sample(self, request: pb.SampleRequest, context: Context) -> pb.SampleResponse:
         model = self._ready(request.model)
         call = convert.sample_from_pb(request, model)
         z = model.engine.noise.draws(call.seed, call.n)
         params = await model.decode(z)
         x_sample = model.engine.sample_x(params, call.seed) if call.sample_x else None
-        return pb.SampleResponse(header=convert.header(model), z=codec.to_proto(z),
-                                 decoded=convert.decoded_to_pb(params, x_sample), seed=call.seed)
+        return pb.SampleResponse(
+            header=convert.header(model),
+            z=codec.to_proto(z),
+            decoded=convert.decoded_to_pb(params, x_sample),
+            seed=call.seed,
+        )
 
     @unary
-    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+    async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
         model = self._ready(request.model)
         call = convert.score_from_pb(request, model)
         result = await model.score(call.x, call.options, call.seed, _deadline(context))
         return convert.score_to_pb(model, call, result)
 
     @stream
-    async def ScoreStream(self, requests: AsyncIterator[pb.ScoreRequest], context: grpc.aio.ServicerContext
-                          ) -> AsyncIterator[pb.ScoreResponse]:
+    async def ScoreStream(
+        self, requests: AsyncIterator[pb.ScoreRequest], context: Context
+    ) -> AsyncIterator[pb.ScoreResponse]:
         async for request in requests:
             model = self._ready(request.model)
             call = convert.score_from_pb(request, model)

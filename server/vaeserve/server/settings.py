@@ -41,8 +41,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per run (0: one per core)")
     allow_spinning: bool = Field(True, description="onnxruntime threads spin between runs (lower latency)")
     executor_threads: int = Field(2, ge=1, description="requests computed at once")
-    inline_rows: int = Field(64, ge=0, description="work of up to this many inputs x draws runs on the event "
-                             "loop (cheaper than a thread hop)")
+    inline_rows: int = Field(
+        64,
+        ge=0,
+        description="work of up to this many inputs x draws runs on the event loop (cheaper than a thread hop)",
+    )
     chunk_samples: int = Field(2048, ge=1, description="inputs x draws per onnxruntime run (bounds memory)")
     noise_cache_mb: int = Field(64, ge=0, description="memory for cached noise draws of recent seeds")
     max_batch: int = Field(8192, ge=1, description="most inputs in one request")
@@ -50,14 +53,18 @@ class Settings(BaseSettings):
     max_samples: int = Field(100_000, ge=1, description="most latent draws in one Sample or Encode request")
     max_in_flight: int = Field(128, ge=1, description="requests in progress at once; beyond it RESOURCE_EXHAUSTED")
     max_message_mb: int = Field(64, ge=1, description="largest request or reply message")
-    default_k: int | None = Field(None, ge=1, description="K when a Score request gives none "
-                                  "(default: the calibration's K, else 1000)")
+    default_k: int | None = Field(
+        None, ge=1, description="K when a Score request gives none (default: the calibration's K, else 1000)"
+    )
     default_seed: int = Field(0, ge=0, lt=2**64, description="seed when a request gives none")
     threshold_quantile: float = Field(0.99, ge=0.0, le=1.0, description="default anomaly threshold quantile")
     batching: bool = Field(True, description="merge concurrent small requests into one run")
     batch_max_inputs: int = Field(256, ge=1, description="most inputs in one merged run")
-    batch_max_delay_ms: float = Field(0.0, ge=0.0, description="how long a batch waits for more requests "
-                                      "(0: it takes what is queued when the engine is free)")
+    batch_max_delay_ms: float = Field(
+        0.0,
+        ge=0.0,
+        description="how long a batch waits for more requests (0: it takes what is queued when the engine is free)",
+    )
     batch_max_k: int = Field(64, ge=1, description="Score requests with K (and calibration K) up to this are merged")
     grace_s: float = Field(30.0, ge=0.0, description="on SIGTERM, time allowed for requests in flight")
     tls_cert: Path | None = Field(None, description="PEM server certificate (enables TLS)")
@@ -120,11 +127,16 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vaeserve-server",
         description="Serve a VAE model bundle over gRPC. Every flag can also be set as an environment "
-                    "variable VAESERVE_<NAME> or in the TOML file given by --config.",
+        "variable VAESERVE_<NAME> or in the TOML file given by --config.",
     )
     for name, field in Settings.model_fields.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
-                       help=field.description, **_flag_kwargs(field))
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=field.description,
+            **_flag_kwargs(field),
+        )
     return p
 
 

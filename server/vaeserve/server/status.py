@@ -29,7 +29,7 @@ from vaeserve.server.errors import (
     NotReady,
 )
 
-__all__ = ["RequestGuard", "request_id", "status_of", "stream", "unary"]
+__all__ = ["Context", "RequestGuard", "request_id", "status_of", "stream", "unary"]
 
 log = logging.getLogger("vaeserve.requests")
 errors_log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ _request_id: ContextVar[str] = ContextVar("request_id", default="")
 _ID_PREFIX = uuid.uuid4().hex[:8]  # unique per process; a counter makes ids unique within it
 _ids = itertools.count(1)
 
+Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep", bound=Message)
 
@@ -72,14 +73,16 @@ class RequestGuard:
 
     def enter(self) -> None:
         if self.in_flight >= self.max_in_flight:
-            raise LimitExceeded(f"server busy: {self.in_flight} requests in flight (max_in_flight "
-                                f"{self.max_in_flight}); retry with backoff")
+            raise LimitExceeded(
+                f"server busy: {self.in_flight} requests in flight (max_in_flight "
+                f"{self.max_in_flight}); retry with backoff"
+            )
         self.in_flight += 1
 
     def leave(self) -> None:
         self.in_flight -= 1
 
-    def begin(self, context: grpc.aio.ServicerContext) -> str:
+    def begin(self, context: Context) -> str:
         given = dict(context.invocation_metadata() or ()).get("x-request-id")
         rid = str(given)[:64] if given else f"{_ID_PREFIX}-{next(_ids):x}"
         _request_id.set(rid)
@@ -94,18 +97,26 @@ class RequestGuard:
 
     def done(self, method: str, rid: str, code: str, started: float, in_bytes: int, out_bytes: int) -> None:
         if self.log_requests:
-            log.info("rpc method=%s id=%s status=%s in_bytes=%d out_bytes=%d ms=%.2f", method, rid, code,
-                     in_bytes, out_bytes, (time.perf_counter() - started) * 1000.0)
+            log.info(
+                "rpc method=%s id=%s status=%s in_bytes=%d out_bytes=%d ms=%.2f",
+                method,
+                rid,
+                code,
+                in_bytes,
+                out_bytes,
+                (time.perf_counter() - started) * 1000.0,
+            )
 
 
 class _Guarded(Protocol):
     guard: RequestGuard
 
 
-def unary(method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
-          ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]:
+def unary(
+    method: Callable[[Any, Req, Context], Awaitable[Rep]],
+) -> Callable[[Any, Req, Context], Awaitable[Rep]]:
     @functools.wraps(method)
-    async def wrapper(self: _Guarded, request: Req, context: grpc.aio.ServicerContext) -> Rep:
+    async def wrapper(self: _Guarded, request: Req, context: Context) -> Rep:
         guard, started = self.guard, time.perf_counter()
         rid, code, out_bytes = guard.begin(context), "OK", 0
         try:
@@ -130,14 +141,15 @@ def unary(method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
         finally:
             if guard.log_requests:
                 guard.done(method.__name__, rid, code, started, request.ByteSize(), out_bytes)
+
     return wrapper
 
 
-def stream(method: Callable[[Any, AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Rep]]
-           ) -> Callable[[Any, AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Rep]]:
+def stream(
+    method: Callable[[Any, AsyncIterator[Req], Context], AsyncIterator[Rep]],
+) -> Callable[[Any, AsyncIterator[Req], Context], AsyncIterator[Rep]]:
     @functools.wraps(method)
-    async def wrapper(self: _Guarded, requests: AsyncIterator[Req], context: grpc.aio.ServicerContext
-                      ) -> AsyncIterator[Rep]:
+    async def wrapper(self: _Guarded, requests: AsyncIterator[Req], context: Context) -> AsyncIterator[Rep]:
         guard, started = self.guard, time.perf_counter()
         rid, code, sizes = guard.begin(context), "OK", [0, 0]
 
@@ -166,4 +178,5 @@ def stream(method: Callable[[Any, AsyncIterator[Req], grpc.aio.ServicerContext],
             raise
         finally:
             guard.done(method.__name__, rid, code, started, sizes[0], sizes[1])
+
     return wrapper

@@ -42,6 +42,9 @@ def compare(bundle: Bundle, splits: Splits, *, k: int = 5000, seed: int = 0) -> 
     return [
         ("VAE, IWAE", *_mean_se(vae.log_px), f"K={k}, latent {latent}"),
         ("probabilistic PCA", *_mean_se(ppca.score_samples(test)), f"{ppca.n_components_} components"),
-        ("Gaussian mixture", *_mean_se(gmm.score_samples(test)),
-         f"{gmm.n_components} x {gmm.covariance_type} (best on val)"),
+        (
+            "Gaussian mixture",
+            *_mean_se(gmm.score_samples(test)),
+            f"{gmm.n_components} x {gmm.covariance_type} (best on val)",
+        ),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,26 @@ from vaeserve.training.train import TrainConfig
 
 __all__ = ["main"]
 
-# Per data set defaults; flags override them. mnist5k is the MNIST-sized MLP 784-200-200-50 of the benchmarks;
-# breast-cancer's latent size 12 had the best validation ELBO of 4, 8, 12 and 16.
-PRESETS: dict[str, dict[str, object]] = {
-    "digits": {"hidden": (256, 128), "latent": 8, "epochs": 300, "batch_size": 64, "warmup": 20, "patience": 40},
-    "mnist5k": {"hidden": (200, 200), "latent": 50, "epochs": 400, "batch_size": 100, "warmup": 30, "patience": 40},
-    "breast-cancer": {"hidden": (64,), "latent": 12, "epochs": 1000, "batch_size": 32, "warmup": 50, "patience": 100},
+
+@dataclass(frozen=True)
+class Preset:
+    """Training defaults for a data set; flags override them."""
+
+    hidden: tuple[int, ...] = (256, 128)
+    latent: int = 16
+    epochs: int = 200
+    batch_size: int = 128
+    warmup: int = 10
+    patience: int = 20
+
+
+# mnist5k is the MNIST-sized MLP 784-200-200-50 of the benchmarks; breast-cancer's latent size 12
+# had the best validation ELBO of 4, 8, 12 and 16.
+PRESETS = {
+    "digits": Preset(hidden=(256, 128), latent=8, epochs=300, batch_size=64, warmup=20, patience=40),
+    "mnist5k": Preset(hidden=(200, 200), latent=50, epochs=400, batch_size=100, warmup=30, patience=40),
+    "breast-cancer": Preset(hidden=(64,), latent=12, epochs=1000, batch_size=32, warmup=50, patience=100),
 }
-DEFAULTS: dict[str, object] = {"hidden": (256, 128), "latent": 16, "epochs": 200, "batch_size": 128, "warmup": 10,
-                               "patience": 20}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -80,8 +92,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("calibrate", help="recalibrate a bundle's anomaly scores on new normal data, no retraining")
     c.add_argument("bundle", type=Path)
-    c.add_argument("data", nargs="?", help="normal data in raw units (file or data set; default: the bundle's "
-                                           "own held-out calibration split)")
+    c.add_argument(
+        "data",
+        nargs="?",
+        help="normal data in raw units (file or data set; default: the bundle's own held-out calibration split)",
+    )
     c.add_argument("--k", type=int, help="K of the estimator (default: the bundle's current calibration K)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--classes", type=_ints, help="use only these classes of labelled data")
@@ -95,39 +110,66 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    preset = {**DEFAULTS, **PRESETS.get(args.data, {})}
-
-    def pick(name: str) -> object:
-        value = getattr(args, name)
-        return preset[name] if value is None else value
-
-    model = VAEConfig(input_shape=(), kind=args.model, latent_dim=int(pick("latent")),  # type: ignore[call-overload]
-                      hidden=tuple(pick("hidden")), activation=args.activation)  # type: ignore[arg-type]
+    preset = PRESETS.get(args.data, Preset())
+    given = {f.name: getattr(args, f.name) for f in fields(Preset) if getattr(args, f.name) is not None}
+    chosen = replace(preset, **given)
+    model = VAEConfig(
+        input_shape=(), kind=args.model, latent_dim=chosen.latent, hidden=chosen.hidden, activation=args.activation
+    )
     if args.channels:
         model.channels = args.channels
-    train = TrainConfig(epochs=int(pick("epochs")), batch_size=int(pick("batch_size")),  # type: ignore[call-overload]
-                        lr=args.lr, objective=args.objective, k=args.k, warmup_epochs=int(pick("warmup")),  # type: ignore[call-overload]
-                        patience=int(pick("patience")), seed=args.seed, device=args.device,  # type: ignore[call-overload]
-                        progress=not args.no_progress)
+    train = TrainConfig(
+        epochs=chosen.epochs,
+        batch_size=chosen.batch_size,
+        lr=args.lr,
+        objective=args.objective,
+        k=args.k,
+        warmup_epochs=chosen.warmup,
+        patience=chosen.patience,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     out = args.out or Path("models") / Path(args.data).stem
-    report = run(RunConfig(data=args.data, out=out, model=model, train=train, name=args.name, version=args.version,
-                           classes=list(args.classes) if args.classes else None, likelihood=args.likelihood,
-                           labels=args.labels, label_column=args.label_column, eval_k=args.eval_k,
-                           calib_k=args.calib_k))
-    m, h = report.bundle.manifest, report.history
+    report = run(
+        RunConfig(
+            data=args.data,
+            out=out,
+            model=model,
+            train=train,
+            name=args.name,
+            version=args.version,
+            classes=list(args.classes) if args.classes else None,
+            likelihood=args.likelihood,
+            labels=args.labels,
+            label_column=args.label_column,
+            eval_k=args.eval_k,
+            calib_k=args.calib_k,
+        )
+    )
+    m, h, summary = report.bundle.manifest, report.history, report.bundle.manifest.training
+    assert summary is not None
     rows = [
         ("bundle", str(report.bundle.path)),
-        ("model", f"{m.name}:{m.version}, {model.kind} {model.hidden if model.kind == 'mlp' else model.channels}, "
-                  f"latent {m.latent_dim}, {m.likelihood}"),
+        (
+            "model",
+            f"{m.name}:{m.version}, {model.kind} {model.hidden if model.kind == 'mlp' else model.channels}, "
+            f"latent {m.latent_dim}, {m.likelihood}",
+        ),
         ("epochs", f"{h.epochs} (best {h.best_epoch}), {h.duration_s:.1f} s training"),
-        ("train / val / calib / test", f"{m.training.n_train} / {m.training.n_val} / "  # type: ignore[union-attr]
-                                       f"{len(report.calibration.scores)} / {m.training.n_test}"),  # type: ignore[union-attr]
+        (
+            "train / val / calib / test",
+            f"{summary.n_train} / {summary.n_val} / {len(report.calibration.scores)} / {summary.n_test}",
+        ),
         ("test ELBO", f"{report.test_elbo.elbo:.3f} ± {report.test_elbo.elbo_se:.3f} nats"),
         (f"test IWAE log p(x), K={report.test.k}", f"{report.test.log_px:.3f} ± {report.test.log_px_se:.3f} nats"),
         ("active units", f"{report.active_units} of {m.latent_dim}"),
         ("onnxruntime vs torch", f"max |diff| {report.parity:.1e}"),
-        ("calibration", f"K={report.calibration.k}, {len(report.calibration.scores)} scores, "
-                        f"99th pct -log p(x) {report.calibration.threshold(0.99):.2f}"),
+        (
+            "calibration",
+            f"K={report.calibration.k}, {len(report.calibration.scores)} scores, "
+            f"99th pct -log p(x) {report.calibration.threshold(0.99):.2f}",
+        ),
         ("total time", f"{report.seconds:.1f} s"),
     ]
     print(format_table(["", ""], rows, title="vaeserve-train summary"))
@@ -137,12 +179,19 @@ def _evaluate(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
     splits = bundle_splits(bundle, args.data)
     engine = cpu_engine(bundle)
-    rows = [(r.k, r.log_px, r.log_px_se, r.elbo, r.elbo_se, r.mc_se, r.ess)
-            for r in evaluate(engine, splits.test, list(args.ks), args.seed)]
+    rows = [
+        (r.k, r.log_px, r.log_px_se, r.elbo, r.elbo_se, r.mc_se, r.ess)
+        for r in evaluate(engine, splits.test, list(args.ks), args.seed)
+    ]
     dim = bundle.manifest.dim
-    print(format_table(["K", "IWAE log p(x)", "± se", "ELBO", "± se", "mean MC se", "mean ESS"], rows,
-                       title=f"{bundle.manifest.name}: {len(splits.test)} test inputs, nats per input "
-                             f"(D = {dim}; se over the test set)"))
+    print(
+        format_table(
+            ["K", "IWAE log p(x)", "± se", "ELBO", "± se", "mean MC se", "mean ESS"],
+            rows,
+            title=f"{bundle.manifest.name}: {len(splits.test)} test inputs, nats per input "
+            f"(D = {dim}; se over the test set)",
+        )
+    )
     print(f"active units: {active_units(engine, splits.test)} of {bundle.manifest.latent_dim}")
     if args.pictures:
         for path in save_pictures(engine, splits.test, args.pictures, seed=args.seed):
@@ -162,15 +211,22 @@ def _calibrate(args: argparse.Namespace) -> None:
     calibration = calibrate(cpu_engine(bundle), raw, k=k, seed=args.seed, dataset=name)
     update_manifest(bundle.path, calibration=calibration.model_dump())
     q = np.quantile(calibration.scores, [0.5, 0.95, 0.99])
-    print(f"recalibrated {bundle.path} on {len(raw)} inputs of {name} (K={k}, seed {args.seed}): "
-          f"-log p(x) median {q[0]:.2f}, 95th pct {q[1]:.2f}, 99th pct {q[2]:.2f}")
+    print(
+        f"recalibrated {bundle.path} on {len(raw)} inputs of {name} (K={k}, seed {args.seed}): "
+        f"-log p(x) median {q[0]:.2f}, 95th pct {q[1]:.2f}, 99th pct {q[2]:.2f}"
+    )
 
 
 def _compare(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
     rows = compare(bundle, bundle_splits(bundle, args.data), k=args.k)
-    print(format_table(["model", "test log p(x)", "± se", "notes"], rows,
-                       title=f"{bundle.manifest.name}: test log-likelihood, nats per input, same standardised data"))
+    print(
+        format_table(
+            ["model", "test log p(x)", "± se", "notes"],
+            rows,
+            title=f"{bundle.manifest.name}: test log-likelihood, nats per input, same standardised data",
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

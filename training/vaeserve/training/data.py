@@ -16,7 +16,7 @@ import numpy as np
 from vaeserve.api.manifest import ImageLayout, Preprocessing
 from vaeserve.client.files import DataFileError, read_array, read_labels
 
-__all__ = ["BUILTIN", "DataError", "Dataset", "Splits", "load_dataset", "make_splits", "select_classes"]
+__all__ = ["BUILTIN", "DataError", "Dataset", "Likelihood", "Splits", "load_dataset", "make_splits", "select_classes"]
 
 Likelihood = Literal["bernoulli", "gaussian"]
 BUILTIN = ("digits", "mnist5k", "breast-cancer")
@@ -53,8 +53,9 @@ class Splits:
     preprocessing: Preprocessing
 
 
-def load_dataset(source: str, *, likelihood: Likelihood | None = None, labels: str | None = None,
-                 label_column: str | None = None) -> Dataset:
+def load_dataset(
+    source: str, *, likelihood: Likelihood | None = None, labels: str | None = None, label_column: str | None = None
+) -> Dataset:
     """A built-in name (digits, mnist5k, breast-cancer) or a path to .npy, .csv or IDX (optionally .gz) data."""
     if source in BUILTIN:
         dataset = _builtin(source)
@@ -78,12 +79,17 @@ def load_dataset(source: str, *, likelihood: Likelihood | None = None, labels: s
     return Dataset(path.name, x, y, likelihood, scale)
 
 
-def make_splits(data: Dataset, seed: int, *, classes: list[int] | None = None,
-                fractions: tuple[float, float, float] = (0.1, 0.1, 0.1)) -> Splits:
+def make_splits(
+    data: Dataset,
+    seed: int,
+    *,
+    classes: list[int] | None = None,
+    fractions: tuple[float, float, float] = (0.1, 0.1, 0.1),
+) -> Splits:
     """Shuffles with the seed; val, calib and test take the given fractions, train the rest."""
     x = data.x if classes is None else select_classes(data, classes)
     order = np.random.default_rng(seed).permutation(len(x))
-    n_val, n_calib, n_test = (max(1, int(round(f * len(x)))) for f in fractions)
+    n_val, n_calib, n_test = (max(1, round(f * len(x))) for f in fractions)
     if len(x) - n_val - n_calib - n_test < 2:
         raise DataError(f"{data.name}: {len(x)} rows are too few to split into train, val, calib and test")
     cuts = np.cumsum([n_val, n_calib, n_test])
@@ -135,5 +141,7 @@ def _bernoulli_scale(x: np.ndarray, path: Path) -> float:
         return 1.0
     if high <= 255 and np.all(x == np.round(x)):
         return 1 / 255
-    raise DataError(f"{path}: values up to {high:g}; a Bernoulli model needs data in [0, 1] (or whole pixels 0-255); "
-                    "use --likelihood gaussian for real-valued data")
+    raise DataError(
+        f"{path}: values up to {high:g}; a Bernoulli model needs data in [0, 1] (or whole pixels 0-255); "
+        "use --likelihood gaussian for real-valued data"
+    )

@@ -77,5 +77,7 @@ def save_pictures(engine: Engine, raw: np.ndarray, out: Path, *, seed: int, n: i
     pairs = np.concatenate([x.reshape(shape), engine.reconstruct(x).reshape(shape)])
     _, params = engine.sample_prior(64, seed)
     samples = params["probs" if manifest.likelihood == "bernoulli" else "mean"]
-    return [save_grid(pairs, out / "reconstructions.png", columns=len(x), low=low, high=high),
-            save_grid(samples, out / "samples.png", columns=8, low=low, high=high)]
+    return [
+        save_grid(pairs, out / "reconstructions.png", columns=len(x), low=low, high=high),
+        save_grid(samples, out / "samples.png", columns=8, low=low, high=high),
+    ]

@@ -48,14 +48,23 @@ class _Decoder(nn.Module):
         return tuple(params[name] for name in self.outputs)
 
 
-def to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: tuple[str, ...]
-            ) -> onnx.ModelProto:
+def to_onnx(
+    module: nn.Module, example: torch.Tensor, input_name: str, output_names: tuple[str, ...]
+) -> onnx.ModelProto:
     buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in (input_name, *output_names)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module, (example,), buffer, input_names=[input_name], output_names=list(output_names),
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,  # type: ignore[arg-type]
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
     model = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -87,8 +96,10 @@ def check_parity(vae: VAE, bundle: Bundle, x: np.ndarray) -> float:
     for name, got in zip(names, decoder.run(list(names), {"z": mu.numpy()})):
         worst = max(worst, float(np.max(np.abs(got - params[name].numpy()))))
     if worst > PARITY_TOLERANCE:
-        raise ExportError(f"onnxruntime and torch differ by {worst:.2e} on held-out data "
-                          f"(tolerance {PARITY_TOLERANCE:g}); the exported graph is not faithful")
+        raise ExportError(
+            f"onnxruntime and torch differ by {worst:.2e} on held-out data "
+            f"(tolerance {PARITY_TOLERANCE:g}); the exported graph is not faithful"
+        )
     return worst
 
 

@@ -8,6 +8,7 @@ The config travels with the checkpoint and the bundle, so a model can be rebuilt
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ConvVAE", "MLPVAE", "VAE", "VAEConfig", "build_model"]
+__all__ = ["MLPVAE", "VAE", "ConvVAE", "VAEConfig", "build_model"]
 
 # The Gaussian decoder's log-variance is bounded below softly: on standardised tables an
 # unbounded variance can collapse onto single training points and the likelihood explodes.
@@ -72,7 +73,7 @@ class VAE(nn.Module):
 
 def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), _ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
@@ -109,8 +110,9 @@ class ConvVAE(VAE):
             raise ValueError(f"a conv VAE with {n} stride-2 layers needs H and W divisible by {2**n}, got {h}x{w}")
         act = _ACTIVATIONS[config.activation]
         chans = [c, *config.channels]
-        self.encoder = nn.Sequential(*[m for a, b in zip(chans, chans[1:])
-                                       for m in (nn.Conv2d(a, b, 4, stride=2, padding=1), act())])
+        self.encoder = nn.Sequential(
+            *[m for a, b in itertools.pairwise(chans) for m in (nn.Conv2d(a, b, 4, stride=2, padding=1), act())]
+        )
         self.grid = (chans[-1], h // 2**n, w // 2**n)
         flat = math.prod(self.grid)
         self.to_latent = nn.Linear(flat, 2 * config.latent_dim)
@@ -118,7 +120,7 @@ class ConvVAE(VAE):
         back = chans[::-1]
         out_c = c if config.likelihood == "bernoulli" else 2 * c
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(back, back[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(back)):
             last = i == len(back) - 2
             layers += [nn.ConvTranspose2d(a, out_c if last else b, 4, stride=2, padding=1)]
             if not last:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from vaeserve.api.manifest import Calibration, TrainingSummary
 from vaeserve.server.bundle import Bundle, load_bundle, update_manifest
 from vaeserve.server.engine import Engine
 from vaeserve.server.runtime import RuntimeConfig
-from vaeserve.training.data import Dataset, Splits, load_dataset, make_splits
+from vaeserve.training.data import Dataset, Likelihood, Splits, load_dataset, make_splits
 from vaeserve.training.evaluate import KRow, active_units, calibrate, evaluate
 from vaeserve.training.export import export_bundle
 from vaeserve.training.models import VAEConfig, build_model
@@ -33,7 +33,7 @@ class RunConfig:
     name: str | None = None
     version: str = "1"
     classes: list[int] | None = None
-    likelihood: str | None = None
+    likelihood: Likelihood | None = None
     labels: str | None = None
     label_column: str | None = None
     eval_k: int = 5000
@@ -59,8 +59,12 @@ def cpu_engine(bundle: Bundle | Path) -> Engine:
 
 
 def _splits(config: RunConfig) -> tuple[Dataset, Splits]:
-    data = load_dataset(config.data, likelihood=config.likelihood, labels=config.labels,  # type: ignore[arg-type]
-                        label_column=config.label_column)
+    data = load_dataset(
+        config.data,
+        likelihood=config.likelihood,
+        labels=config.labels,
+        label_column=config.label_column,
+    )
     return data, make_splits(data, config.train.seed, classes=config.classes)
 
 
@@ -84,35 +88,53 @@ def run(config: RunConfig) -> RunReport:
     seed_everything(config.train.seed)
     model = build_model(model_config)
     pre = splits.preprocessing
-    history = fit(model, pre.apply(_flat(splits.train)).reshape(splits.train.shape),
-                  pre.apply(_flat(splits.val)).reshape(splits.val.shape), config.train)
+    history = fit(
+        model,
+        pre.apply(_flat(splits.train)).reshape(splits.train.shape),
+        pre.apply(_flat(splits.val)).reshape(splits.val.shape),
+        config.train,
+    )
     model = model.cpu()
     name = config.name or data.name.removesuffix(".npy").removesuffix(".csv")
     bundle, parity = export_bundle(
-        model, config.out, pre.apply(_flat(splits.test)),
-        name=name, version=config.version, created=datetime.now(timezone.utc).replace(microsecond=0),
+        model,
+        config.out,
+        pre.apply(_flat(splits.test)),
+        name=name,
+        version=config.version,
+        created=datetime.now(UTC).replace(microsecond=0),
         description=f"{model_config.kind.upper()} VAE trained on {data.name} by vaeserve-train",
-        input_shape=list(data.input_shape), latent_dim=model_config.latent_dim, likelihood=data.likelihood,
-        preprocessing=pre, image=data.image,
+        input_shape=list(data.input_shape),
+        latent_dim=model_config.latent_dim,
+        likelihood=data.likelihood,
+        preprocessing=pre,
+        image=data.image,
     )
     engine = cpu_engine(bundle)
-    test_iwae, = evaluate(engine, splits.test, [config.eval_k], seed=config.train.seed)
+    (test_iwae,) = evaluate(engine, splits.test, [config.eval_k], seed=config.train.seed)
     test_elbo = test_iwae  # the ELBO columns come from the same K draws per input
     units = active_units(engine, splits.test)
     calibration = calibrate(engine, splits.calib, k=config.calib_k, seed=config.calib_seed, dataset=data.name)
     summary = TrainingSummary(
         dataset=config.data,
-        classes=config.classes, n_train=len(splits.train), n_val=len(splits.val), n_test=len(splits.test),
-        epochs=history.epochs, best_epoch=history.best_epoch, seed=config.train.seed,
-        objective=config.train.objective, objective_k=config.train.k,
+        classes=config.classes,
+        n_train=len(splits.train),
+        n_val=len(splits.val),
+        n_test=len(splits.test),
+        epochs=history.epochs,
+        best_epoch=history.best_epoch,
+        seed=config.train.seed,
+        objective=config.train.objective,
+        objective_k=config.train.k,
         architecture=model_config.to_dict(),
         test_elbo={"value": test_elbo.elbo, "se": test_elbo.elbo_se, "k": test_elbo.k},
-        test_iwae=test_iwae.iwae(), active_units=units, duration_s=round(history.duration_s, 1),
+        test_iwae=test_iwae.iwae(),
+        active_units=units,
+        duration_s=round(history.duration_s, 1),
         framework=f"torch {torch.__version__}",
     )
     bundle = update_manifest(bundle.path, training=summary.model_dump(), calibration=calibration.model_dump())
-    return RunReport(bundle, history, test_iwae, test_elbo, units, parity, calibration,
-                     time.perf_counter() - started)
+    return RunReport(bundle, history, test_iwae, test_elbo, units, parity, calibration, time.perf_counter() - started)
 
 
 def _flat(x: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def validation_elbo(model: VAE, x: torch.Tensor, seed: int, batch_size: int = 10
     torch.manual_seed(seed)
     total = 0.0
     for start in range(0, len(x), batch_size):
-        total += float(elbo(model, x[start:start + batch_size])[0].sum())
+        total += float(elbo(model, x[start : start + batch_size])[0].sum())
     torch.random.set_rng_state(state)
     model.train()
     return total / len(x)
@@ -88,14 +88,14 @@ def fit(model: VAE, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> 
         order = torch.randperm(len(x_train), generator=shuffle).to(device)
         losses = []
         for start in range(0, len(order), config.batch_size):
-            batch = x_train[order[start:start + config.batch_size]]
+            batch = x_train[order[start : start + config.batch_size]]
             if config.objective == "iwae" and beta >= 1.0:
                 objective = iwae_bound(model, batch, config.k)
             else:
                 objective = elbo(model, batch, beta)[0]
             loss = -objective.mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(float(loss.detach()))
         val_elbo = validation_elbo(model, x_val, config.seed + 1)
