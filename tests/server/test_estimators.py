@@ -100,7 +100,7 @@ def test_bernoulli_path_matches_numpy(tmp_path: Path) -> None:
     x = (rng.random((5, model.W.shape[0])) < 0.5).astype(np.float64)
     x[0] = rng.random(model.W.shape[0])  # grey-level targets use the same formula
     k, seed = 300, 9
-    r = engine.score(engine.prepare(x), ScoreOptions(k=k, per_dim=True, anomaly=False), seed=seed)
+    r = engine.score(engine.prepare(x), ScoreOptions(k=k, per_dim=True, prior_estimate=True, anomaly=False), seed=seed)
 
     eps = np.random.default_rng(seed).standard_normal((k, model.W.shape[1]), dtype=np.float32).astype(np.float64)
     mu = x @ model.A.T + model.c
@@ -123,6 +123,10 @@ def test_bernoulli_path_matches_numpy(tmp_path: Path) -> None:
     assert r.per_dim is not None
     np.testing.assert_allclose(r.per_dim, per_dim.mean(axis=1), atol=1e-5)
     np.testing.assert_allclose(r.expected_log_joint + r.entropy - r.elbo, 0.0, atol=0.5)  # same ELBO, other form
+    prior_logits = eps @ model.W.T + model.b  # z = eps ~ p(z): the naive estimate
+    prior_lik = (x[:, None, :] * prior_logits - np.logaddexp(0.0, prior_logits)).sum(axis=2)
+    assert r.prior is not None
+    np.testing.assert_allclose(r.prior.log_px, np.logaddexp.reduce(prior_lik, axis=1) - np.log(k), atol=1e-4)
 
 
 def test_same_seed_same_numbers_and_chunking_does_not_matter(worse_bundle: Path, x: np.ndarray) -> None:

@@ -394,3 +394,27 @@ def test_reflection_lists_the_services(stub: Stub, worse_server: RunningServer) 
 def test_manifest_json_is_the_served_contract(stub: Stub) -> None:
     data = json.loads(stub.GetModelInfo(pb.GetModelInfoRequest()).manifest_json)
     assert data["format_version"] == 1 and set(data["sha256"]) == {"encoder.onnx", "decoder.onnx"}
+
+
+def test_prometheus_metrics(serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve(worse_bundle, metrics_port=port)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = Stub(channel)
+        for _ in range(2):
+            stub.Score(pb.ScoreRequest(x=t(lg.sample(3)), k=20))
+        with pytest.raises(grpc.RpcError):
+            stub.Score(pb.ScoreRequest(x=t(lg.sample(1)), k=0))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'vaeserve_requests_total{code="OK",method="Score"} 2.0' in text
+    assert 'vaeserve_requests_total{code="INVALID_ARGUMENT",method="Score"} 1.0' in text
+    assert 'vaeserve_inputs_total{method="Score"} 6.0' in text
+    assert "vaeserve_importance_samples_total 120.0" in text
+    assert 'vaeserve_model_info{name="linear-gaussian",provider="CPUExecutionProvider",version="1"} 1.0' in text
+    assert "vaeserve_ready 1.0" in text and "vaeserve_request_seconds_bucket" in text
+    assert 'vaeserve_batch_inputs_count{kind="score"} 2.0' in text

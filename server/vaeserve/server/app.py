@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from vaeserve.api.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.bundle import load_bundle
 from vaeserve.server.engine import Engine
+from vaeserve.server.metrics import Metrics
 from vaeserve.server.model import ServedModel
 from vaeserve.server.runtime import RuntimeConfig
 from vaeserve.server.servicer import VaeServicer
@@ -36,10 +37,14 @@ class App:
     port: int
     servicer: VaeServicer
     health: AsyncHealthServicer
+    metrics: Metrics
 
     async def set_model(self, model: ServedModel) -> None:
         guard = self.servicer.guard
         model.requests_in_flight = lambda: guard.in_flight
+        model.metrics = self.metrics
+        self.metrics.model.labels(model.manifest.name, model.manifest.version, model.engine.provider).set(1)
+        self.metrics.ready.set(1)
         self.servicer.model = model
         for name in ("", SERVICE_NAME):
             await self.health.set(name, _SERVING)
@@ -47,6 +52,7 @@ class App:
     async def stop(self, grace: float | None) -> None:
         """Health NOT_SERVING, stop accepting, let requests in flight finish (up to grace), close sessions."""
         await self.health.enter_graceful_shutdown()
+        self.metrics.ready.set(0)
         await self.server.stop(grace)
         if self.servicer.model is not None:
             await self.servicer.model.close()
@@ -73,7 +79,10 @@ async def create_server(settings: Settings, model: ServedModel | None = None) ->
             ("grpc.so_reuseport", 0),
         ]
     )
-    servicer = VaeServicer(RequestGuard(settings.max_in_flight, settings.log_requests))
+    metrics = Metrics()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.host, settings.metrics_port)
+    servicer = VaeServicer(RequestGuard(settings.max_in_flight, settings.log_requests, metrics))
     vae_pb2_grpc.add_VaeServiceServicer_to_server(servicer, server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -88,7 +97,7 @@ async def create_server(settings: Settings, model: ServedModel | None = None) ->
     if port == 0:
         raise OSError(f"could not listen on {address}")
     await server.start()
-    app = App(server, port, servicer, health_servicer)
+    app = App(server, port, servicer, health_servicer, metrics)
     if model is not None:
         await app.set_model(model)
     return app

@@ -40,9 +40,11 @@ class DynamicBatcher(Generic[Item, Result]):
         max_inputs: int,
         max_delay_s: float = 0.0,
         contended: Callable[[], bool] = lambda: False,
+        on_run: Callable[[int], None] = lambda inputs: None,
     ) -> None:
         self._run = run
         self._contended = contended
+        self._on_run = on_run
         self._max_inputs = max_inputs
         self._max_delay_s = max_delay_s
         self._queue: collections.deque[_Pending[Item, Result]] = collections.deque()
@@ -59,6 +61,7 @@ class DynamicBatcher(Generic[Item, Result]):
             # Alone: run now, with no queue and no task to pay for.
             self._busy = True
             self.runs += 1
+            self._on_run(size)
             try:
                 return (await self._run([item]))[0]
             finally:
@@ -113,6 +116,7 @@ class DynamicBatcher(Generic[Item, Result]):
 
     async def _execute(self, batch: list[_Pending[Item, Result]]) -> None:
         self.runs += 1
+        self._on_run(sum(p.size for p in batch))
         try:
             results = await self._run([p.item for p in batch])
         except Exception as exc:

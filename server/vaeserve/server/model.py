@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from vaeserve.api.manifest import Manifest
 from vaeserve.server.batcher import DynamicBatcher
 from vaeserve.server.engine import Engine, ScoreOptions, ScoreResult
 from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded, ModelNotFound
+from vaeserve.server.metrics import Metrics
 from vaeserve.server.settings import Settings
 
 __all__ = ["Defaults", "Limits", "ServedModel"]
@@ -74,13 +75,11 @@ class ServedModel:
         self._batching = settings.batching
         self._batch_max_k = settings.batch_max_k
         self._inline_rows = settings.inline_rows
-        self._batchers: dict[object, DynamicBatcher] = {}  # type: ignore[type-arg]
-        self._batch_args = {
-            "max_inputs": settings.batch_max_inputs,
-            "max_delay_s": settings.batch_max_delay_ms / 1e3,
-            "contended": lambda: self.requests_in_flight() > 1,
-        }
+        self._batchers: dict[str | tuple[str, ScoreOptions], DynamicBatcher[Any, Any]] = {}
+        self._batch_max_inputs = settings.batch_max_inputs
+        self._batch_max_delay_s = settings.batch_max_delay_ms / 1e3
         self.requests_in_flight: Callable[[], int] = lambda: 0  # set by the server: other requests may merge
+        self.metrics: Metrics | None = None  # set by the server
 
     # --- request checks shared by every RPC ------------------------------------------------
 
@@ -134,12 +133,20 @@ class ServedModel:
             stop.set()
             raise
 
+    def _count(self, method: str, inputs: int, draws: int = 0) -> None:
+        if self.metrics:
+            self.metrics.inputs.labels(method).inc(inputs)
+            if draws:
+                self.metrics.samples.inc(inputs * draws)
+
     async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._count("Encode", len(x))
         if self._batching:
             return await self._batcher("encode", self._encode_many).submit(x, len(x))
         return (await self._encode_many([x]))[0]
 
     async def decode(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        self._count("Decode", len(z))
         if self._batching:
             return await self._batcher("decode", self._decode_many).submit(z, len(z))
         return (await self._decode_many([z]))[0]
@@ -147,17 +154,31 @@ class ServedModel:
     async def score(self, x: np.ndarray, options: ScoreOptions, seed: int, deadline: float | None) -> ScoreResult:
         calibration = self.manifest.calibration
         cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
+        self._count("Score", len(x), options.k)
         if self._batching and cost_k <= self._batch_max_k:
             return await self._batcher(("score", options), self._score_many).submit(
                 _ScoreItem(x, seed, options), len(x)
             )
         return await self.call(self.engine.score, x, options, seed, deadline=deadline, rows=len(x) * cost_k)
 
-    def _batcher(self, key: object, run: Callable[[list], Awaitable[list]]) -> DynamicBatcher:  # type: ignore[type-arg]
+    def _batcher(
+        self, key: str | tuple[str, ScoreOptions], run: Callable[[list[Any]], Awaitable[list[Any]]]
+    ) -> DynamicBatcher[Any, Any]:
         batcher = self._batchers.get(key)
         if batcher is None:
-            batcher = self._batchers[key] = DynamicBatcher(run, **self._batch_args)  # type: ignore[arg-type]
+            kind = key if isinstance(key, str) else key[0]
+            batcher = self._batchers[key] = DynamicBatcher(
+                run,
+                max_inputs=self._batch_max_inputs,
+                max_delay_s=self._batch_max_delay_s,
+                contended=lambda: self.requests_in_flight() > 1,
+                on_run=lambda inputs: self._observe_run(kind, inputs),
+            )
         return batcher
+
+    def _observe_run(self, kind: str, inputs: int) -> None:
+        if self.metrics:
+            self.metrics.batch_inputs.labels(kind).observe(inputs)
 
     async def _encode_many(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         def run(check: Callable[[], None]) -> list[tuple[np.ndarray, np.ndarray]]:

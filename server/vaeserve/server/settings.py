@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         description="how long a batch waits for more requests (0: it takes what is queued when the engine is free)",
     )
     batch_max_k: int = Field(64, ge=1, description="Score requests with K (and calibration K) up to this are merged")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics over HTTP on this port (unset: off)"
+    )
     grace_s: float = Field(30.0, ge=0.0, description="on SIGTERM, time allowed for requests in flight")
     tls_cert: Path | None = Field(None, description="PEM server certificate (enables TLS)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")

@@ -28,6 +28,7 @@ from vaeserve.server.errors import (
     ModelNotFound,
     NotReady,
 )
+from vaeserve.server.metrics import Metrics
 
 __all__ = ["Context", "RequestGuard", "request_id", "status_of", "stream", "unary"]
 
@@ -66,9 +67,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class RequestGuard:
-    def __init__(self, max_in_flight: int, log_requests: bool = True) -> None:
+    def __init__(self, max_in_flight: int, log_requests: bool = True, metrics: Metrics | None = None) -> None:
         self.max_in_flight = max_in_flight
         self.log_requests = log_requests
+        self.metrics = metrics
         self.in_flight = 0
 
     def enter(self) -> None:
@@ -78,9 +80,13 @@ class RequestGuard:
                 f"{self.max_in_flight}); retry with backoff"
             )
         self.in_flight += 1
+        if self.metrics:
+            self.metrics.in_flight.inc()
 
     def leave(self) -> None:
         self.in_flight -= 1
+        if self.metrics:
+            self.metrics.in_flight.dec()
 
     def begin(self, context: Context) -> str:
         given = dict(context.invocation_metadata() or ()).get("x-request-id")
@@ -96,6 +102,10 @@ class RequestGuard:
         return code, message
 
     def done(self, method: str, rid: str, code: str, started: float, in_bytes: int, out_bytes: int) -> None:
+        seconds = time.perf_counter() - started
+        if self.metrics:
+            self.metrics.requests.labels(method, code).inc()
+            self.metrics.latency.labels(method).observe(seconds)
         if self.log_requests:
             log.info(
                 "rpc method=%s id=%s status=%s in_bytes=%d out_bytes=%d ms=%.2f",
@@ -104,7 +114,7 @@ class RequestGuard:
                 code,
                 in_bytes,
                 out_bytes,
-                (time.perf_counter() - started) * 1000.0,
+                seconds * 1000.0,
             )
 
 
@@ -139,8 +149,8 @@ def unary(
             code = "CANCELLED"
             raise
         finally:
-            if guard.log_requests:
-                guard.done(method.__name__, rid, code, started, request.ByteSize(), out_bytes)
+            in_bytes = request.ByteSize() if guard.log_requests else 0  # sizes cost a pass: only for the log
+            guard.done(method.__name__, rid, code, started, in_bytes, out_bytes)
 
     return wrapper
 

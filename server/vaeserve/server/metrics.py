@@ -1,0 +1,41 @@
+"""Prometheus metrics, served over HTTP on their own port (`--metrics-port`; off by default)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class Metrics:
+    """The server's counters; one registry per server, so tests and several servers in a process don't mix."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "vaeserve_requests", "RPCs answered, by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "vaeserve_request_seconds", "RPC duration", ["method"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("vaeserve_requests_in_flight", "RPCs in progress", registry=r)
+        self.inputs = Counter("vaeserve_inputs", "inputs scored, encoded or decoded", ["method"], registry=r)
+        self.samples = Counter("vaeserve_importance_samples", "inputs x K evaluated by Score", registry=r)
+        self.batch_inputs = Histogram(
+            "vaeserve_batch_inputs",
+            "inputs per merged engine run (dynamic batching)",
+            ["kind"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model = Gauge(
+            "vaeserve_model_info", "the served model (value 1)", ["name", "version", "provider"], registry=r
+        )
+        self.ready = Gauge("vaeserve_ready", "1 when the model is loaded and warmed up", registry=r)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
