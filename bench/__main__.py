@@ -30,7 +30,8 @@ from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.client import Client
 from vaeserve.server.bundle import load_bundle
-from vaeserve.server.engine import Engine, ScoreOptions
+from vaeserve.server.engine import Engine
+from vaeserve.server.results import ScoreOptions
 from vaeserve.server.runtime import RuntimeConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -41,6 +41,7 @@ ENV = {
 }
 ROWS, K, SEED = 200, 100, 1234
 SLOW_K, SLOW_COPIES = 10_000, 2  # a Score request computing for seconds: in flight at SIGTERM
+APT_PACKAGES = {"docker": "docker.io", "docker-compose": "docker-compose", "debootstrap": "debootstrap"}
 
 Stage = Callable[[str], contextlib.AbstractContextManager[None]]
 Compose = Callable[..., str]
@@ -60,11 +61,7 @@ def docker_up() -> bool:
 
 def ensure_docker_engine() -> None:
     """CI runs as root on a fresh machine: install the engine and start it when missing."""
-    missing = [
-        pkg
-        for pkg, tool in [("docker.io", "docker"), ("docker-compose", "docker-compose"), ("debootstrap", "debootstrap")]
-        if not shutil.which(tool)
-    ]
+    missing = [package for tool, package in APT_PACKAGES.items() if not shutil.which(tool)]
     if missing:
         sh("apt-get", "update", "-q")
         sh("apt-get", "install", "-y", "-q", *missing)
@@ -81,8 +78,9 @@ def ensure_docker_engine() -> None:
 @pytest.fixture(scope="module")
 def stage(request: pytest.FixtureRequest) -> Stage:
     """Times a stage and prints it past pytest's output capture."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    assert reporter is not None and capture is not None
 
     @contextlib.contextmanager
     def timed(name: str) -> Iterator[None]:
@@ -158,11 +156,8 @@ def test_client_container_scores_equal_in_process_server(compose: Compose, stage
         f"--out /tmp/scores.csv --json >&2 && cat /tmp/scores.csv"
     )
     with stage("score in a client container"):
-        rows = list(
-            csv.DictReader(
-                io.StringIO(compose("run", "--rm", "-T", "client", "sh", "-c", script, stdin=npy.getvalue()))
-            )
-        )
+        served = compose("run", "--rm", "-T", "client", "sh", "-c", script, stdin=npy.getvalue())
+    rows = list(csv.DictReader(io.StringIO(served)))
     server = RunningServer(server_settings(digits_bundle))
     try:
         with Client(server.address) as client:

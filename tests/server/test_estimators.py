@@ -15,7 +15,8 @@ import pytest
 
 from tests.bundles import Encoder, LinearBernoulli, LinearGaussian
 from vaeserve.server.bundle import load_bundle
-from vaeserve.server.engine import Engine, ScoreOptions
+from vaeserve.server.engine import Engine
+from vaeserve.server.results import ScoreOptions
 from vaeserve.server.runtime import RuntimeConfig
 
 CPU = RuntimeConfig(device="cpu")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vaeserve.server.bundle import load_bundle
-from vaeserve.server.engine import ScoreOptions
+from vaeserve.server.results import ScoreOptions
 from vaeserve.training.cli import main
 from vaeserve.training.pipeline import bundle_splits, cpu_engine
 

@@ -13,9 +13,9 @@ import numpy as np
 
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
-from vaeserve.server.engine import ScoreOptions, ScoreResult
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.model import ServedModel
+from vaeserve.server.results import ScoreOptions, ScoreResult
 from vaeserve.server.status import request_id
 
 __all__ = [

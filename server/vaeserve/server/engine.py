@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,31 +26,20 @@ from vaeserve.server.estimators import (
     log_standard_normal_const,
 )
 from vaeserve.server.graphs import LOG_LIK, PER_DIM, Z_LOGVAR, Z_MEAN, Z_SQ, Variant, build_score_graph
+from vaeserve.server.inputs import InputChecker, require_finite
 from vaeserve.server.noise import NoiseSource, stream
+from vaeserve.server.results import Anomaly, ScoreOptions, ScoreResult
 from vaeserve.server.runtime import RuntimeConfig, SizedRunner, choose_providers
 
-__all__ = ["Anomaly", "Engine", "Estimate", "ScoreOptions", "ScoreResult"]
+__all__ = ["Engine"]
 
 Check = Callable[[], None]
 _VARIANTS = [Variant(p, d) for p in ("posterior", "prior") for d in (False, True)]
-# Values a float32 graph squares without overflow; far beyond any preprocessed data.
-_GAUSSIAN_LIMIT = 1e6
-_BERNOULLI_SLACK = 1e-5  # float rounding of raw * scale, e.g. 255 * (1 / 255)
 SMALL_RUN = 64  # inputs x draws up to which a run is single-threaded (cheaper than waking a thread pool)
 
 
 def _no_check() -> None:
     return None
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    k: int
-    prior_estimate: bool = False
-    per_dim: bool = False
-    reconstruction: bool = False
-    anomaly: bool = True
-    threshold_quantile: float = 0.99
 
 
 @dataclass
@@ -70,51 +58,6 @@ class _Chunk:
     z_mean: np.ndarray | None = None
     z_logvar: np.ndarray | None = None
     per_dim: np.ndarray | None = None
-
-
-@dataclass
-class Anomaly:
-    score: np.ndarray
-    percentile: np.ndarray
-    is_anomaly: np.ndarray
-    threshold: float
-    threshold_quantile: float
-    k: int
-    estimator: str
-
-
-@dataclass
-class ScoreResult:
-    """Per-input results, each an array with the batch as its first axis."""
-
-    elbo: np.ndarray
-    elbo_se: np.ndarray
-    reconstruction_term: np.ndarray
-    kl: np.ndarray
-    expected_log_joint: np.ndarray
-    entropy: np.ndarray
-    log_px: np.ndarray
-    log_px_se: np.ndarray
-    ess: np.ndarray
-    bits_per_dim: np.ndarray
-    gap: np.ndarray
-    gap_se: np.ndarray
-    prior: Estimate | None = None
-    anomaly: Anomaly | None = None
-    per_dim: np.ndarray | None = None
-    reconstruction: np.ndarray | None = None
-
-    def rows(self, rows: slice) -> ScoreResult:
-        """The results of a contiguous run of inputs (to split a merged batch)."""
-
-        def cut(value: Any) -> Any:
-            if isinstance(value, np.ndarray):
-                return value[rows]
-            if isinstance(value, (Estimate, Anomaly)):
-                return replace(value, **{f.name: cut(getattr(value, f.name)) for f in fields(value)})
-            return value
-
-        return replace(self, **{f.name: cut(getattr(self, f.name)) for f in fields(self)})
 
 
 class Engine:
@@ -136,12 +79,7 @@ class Engine:
         self.provider = self._encoder.provider
         self.chunk_samples = chunk_samples
         self.noise = NoiseSource(self.manifest.latent_dim, noise_cache_bytes)
-        shape = tuple(self.manifest.input_shape)
-        self._input_shapes = (
-            [shape]
-            + ([shape[1:]] if len(shape) == 3 and shape[0] == 1 else [])
-            + ([(self.manifest.dim,)] if len(shape) > 1 else [])
-        )
+        self._inputs = InputChecker(self.manifest)
         gaussian = self.manifest.likelihood == "gaussian"
         self._log_lik_const = log_standard_normal_const(self.manifest.dim) if gaussian else 0.0
         self._per_dim_const = log_standard_normal_const(1) if gaussian else 0.0
@@ -151,45 +89,11 @@ class Engine:
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         """Accepted shapes of one input: the manifest's, without a leading channel of 1, and flat."""
-        return self._input_shapes
+        return self._inputs.shapes
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """Raw client inputs [B, *input_shape] or [B, D] -> checked model-space float32 [B, D]."""
-        if raw.ndim < 1 or raw.shape[1:] not in self._input_shapes:
-            wanted = " or ".join("(" + ", ".join(["B", *map(str, s)]) + ")" for s in self._input_shapes)
-            raise InvalidArgument(f"x has shape {tuple(raw.shape)}; this model takes {wanted}")
-        if raw.shape[0] == 0:
-            raise InvalidArgument("x is an empty batch; send at least one input")
-        flat = raw.reshape(raw.shape[0], self.manifest.dim)
-        x = self.manifest.preprocessing.apply(flat)
-        if not np.isfinite(x).all():  # NaN and infinity survive the affine map (or overflow float32)
-            raw_bad = raw.dtype.kind == "f" and not np.isfinite(flat).all()
-            _require_finite(flat if raw_bad else x, "x" if raw_bad else "x after preprocessing")
-        if self.manifest.likelihood == "bernoulli":
-            low, high = float(x.min()), float(x.max())
-            if low < 0.0 or high > 1.0:
-                if low < -_BERNOULLI_SLACK or high > 1 + _BERNOULLI_SLACK:
-                    bad = (x < -_BERNOULLI_SLACK) | (x > 1 + _BERNOULLI_SLACK)
-                    row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
-                    raise InvalidArgument(
-                        f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after "
-                        f"preprocessing; this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
-                        f"{self._raw_range(col)})"
-                    )
-                np.clip(x, 0.0, 1.0, out=x)
-        elif float(np.abs(x).max()) > _GAUSSIAN_LIMIT:
-            row = int(np.argmax(np.abs(x).max(axis=1)))
-            raise InvalidArgument(
-                f"x[{row}] has a value of magnitude above {_GAUSSIAN_LIMIT:g} after preprocessing; "
-                "far outside anything this model can score"
-            )
-        return x
-
-    def _raw_range(self, feature: int) -> str:
-        ends = self.manifest.preprocessing.invert(np.array([[0.0], [1.0]]))
-        col = 0 if ends.shape[1] == 1 else feature
-        low, high = sorted((float(ends[0, col]), float(ends[1, col])))
-        return f"{low:g} to {high:g}"
+        return self._inputs.prepare(raw)
 
     # --- encode, decode, sample --------------------------------------------------------
 
@@ -234,7 +138,7 @@ class Engine:
             raise InvalidArgument(f"z has shape {tuple(z.shape)}; this model takes (N, {self.manifest.latent_dim})")
         if z.shape[0] == 0:
             raise InvalidArgument("z is an empty batch; send at least one latent vector")
-        _require_finite(z, "z")
+        require_finite(z, "z")
         names = list(self.manifest.decoder_outputs)
         outputs = dict(zip(names, self._decoder.run(names, {"z": np.ascontiguousarray(z, dtype=np.float32)}, len(z))))
         if self.manifest.likelihood == "bernoulli":
@@ -416,14 +320,6 @@ def _threshold(read: Callable[[float], float], quantile: float) -> float:
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     out: np.ndarray = np.exp(-np.logaddexp(0.0, -logits)).astype(np.float32)
     return out
-
-
-def _require_finite(values: np.ndarray, what: str) -> None:
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = np.argwhere(~finite)
-        row = int(bad[0, 0])
-        raise InvalidArgument(f"{what} holds {len(bad)} NaN or infinite value(s), first in row {row}")
 
 
 def _require_finite_scores(log_w: np.ndarray, first_row: int) -> None:

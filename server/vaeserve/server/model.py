@@ -19,9 +19,10 @@ import numpy as np
 
 from vaeserve.api.manifest import Manifest
 from vaeserve.server.batcher import DynamicBatcher
-from vaeserve.server.engine import Engine, ScoreOptions, ScoreResult
+from vaeserve.server.engine import Engine
 from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded, ModelNotFound
 from vaeserve.server.metrics import Metrics
+from vaeserve.server.results import ScoreOptions, ScoreResult
 from vaeserve.server.settings import Settings
 
 __all__ = ["Defaults", "Limits", "ServedModel"]

@@ -7,7 +7,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
 from vaeserve.server.bundle import Bundle
-from vaeserve.server.engine import ScoreOptions
+from vaeserve.server.results import ScoreOptions
 from vaeserve.training.data import Splits
 from vaeserve.training.pipeline import cpu_engine
 

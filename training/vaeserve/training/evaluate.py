@@ -15,7 +15,8 @@ import numpy as np
 
 from vaeserve.api.manifest import Calibration, Estimate
 from vaeserve.client.images import save_grid
-from vaeserve.server.engine import Engine, ScoreOptions
+from vaeserve.server.engine import Engine
+from vaeserve.server.results import ScoreOptions
 
 __all__ = ["KRow", "active_units", "calibrate", "evaluate", "save_pictures"]
 
