@@ -11,7 +11,7 @@ DISTS := proto server client training
 DEV_STAMP := $(VENV)/.installed
 SERVER_STAMP := $(SERVER_VENV)/.installed
 
-.PHONY: test serve venv proto lint models bench test-compose base-image clean
+.PHONY: test serve venv proto lint models bench test-compose base-image wheels clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -57,8 +57,12 @@ bench: $(DEV_STAMP)
 base-image:
 	docker/build-base-image.sh
 
+# The images' wheel cache, from this host's pip configuration (ARGS=--training adds the trainer's).
+wheels: $(DEV_STAMP)
+	docker/build-wheels.sh $(ARGS)
+
 test-compose: $(DEV_STAMP)
 	$(VENV)/bin/python -m pytest -m compose tests/compose $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(SERVER_VENV) .pytest_cache
+	rm -rf $(VENV) $(SERVER_VENV) .pytest_cache .wheels

@@ -340,7 +340,8 @@ def test_many_concurrent_clients_all_answered_correctly(stub: Stub, lg: LinearGa
 def test_dynamic_batching_merges_and_returns_what_the_plain_path_returns(
     serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian
 ) -> None:
-    batched = serve(worse_bundle, batching=True, executor_threads=1)
+    # inline_rows=0: every run goes to the thread pool, so requests that arrive meanwhile merge.
+    batched = serve(worse_bundle, batching=True, executor_threads=1, inline_rows=0)
     plain = serve(worse_bundle, batching=False)
     inputs = [lg.sample(1 + i % 2, seed=i) for i in range(48)]
     with grpc.insecure_channel(batched.address) as c1, grpc.insecure_channel(plain.address) as c2:

@@ -40,8 +40,6 @@ class App:
     metrics: Metrics
 
     async def set_model(self, model: ServedModel) -> None:
-        guard = self.servicer.guard
-        model.requests_in_flight = lambda: guard.in_flight
         model.metrics = self.metrics
         self.metrics.model.labels(model.manifest.name, model.manifest.version, model.engine.provider).set(1)
         self.metrics.ready.set(1)

@@ -2,11 +2,11 @@
 
 Requests queue while the engine is busy; a worker task drains the queue in batches of up
 to `max_inputs` inputs, waiting at most `max_delay_s` for more, runs one merged call and
-hands each request its own rows back. A request that arrives alone (nothing running,
-nothing queued, no other request in flight) runs at once, so batching costs nothing at
-low load. If a merged run fails, each request is run alone so an error belongs to the
-request that caused it. The worker exits when the queue is empty and is started again by
-the next request, so no request can wait on a dead worker.
+hands each request its own rows back. A request that finds the engine idle runs at once,
+so batching costs nothing at low load; requests that arrive while a run is in progress
+(on the thread pool) merge into the next one. If a merged run fails, each request is run
+alone, so an error belongs to the request that caused it. The worker exits when the queue
+is empty and is started again by the next request, so no request waits on a dead worker.
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ class DynamicBatcher(Generic[Item, Result]):
         *,
         max_inputs: int,
         max_delay_s: float = 0.0,
-        contended: Callable[[], bool] = lambda: False,
         on_run: Callable[[int], None] = lambda inputs: None,
     ) -> None:
         self._run = run
-        self._contended = contended
         self._on_run = on_run
         self._max_inputs = max_inputs
         self._max_delay_s = max_delay_s
@@ -55,10 +53,7 @@ class DynamicBatcher(Generic[Item, Result]):
 
     async def submit(self, item: Item, size: int) -> Result:
         self.requests += 1
-        if not self._busy and not self._queue:
-            await asyncio.sleep(0)  # requests that arrived together reach this point before we decide
-        if not self._busy and not self._queue and not self._contended():
-            # Alone: run now, with no queue and no task to pay for.
+        if not self._busy and not self._queue:  # idle: run now, with no queue and no task to pay for
             self._busy = True
             self.runs += 1
             self._on_run(size)

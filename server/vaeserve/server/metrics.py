@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["Metrics"]
@@ -36,6 +38,15 @@ class Metrics:
             "vaeserve_model_info", "the served model (value 1)", ["name", "version", "provider"], registry=r
         )
         self.ready = Gauge("vaeserve_ready", "1 when the model is loaded and warmed up", registry=r)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds a key each time: look each pair up once
+            children = self._children[key] = (self.requests.labels(method, code), self.latency.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -79,7 +79,6 @@ class ServedModel:
         self._batchers: dict[str | tuple[str, ScoreOptions], DynamicBatcher[Any, Any]] = {}
         self._batch_max_inputs = settings.batch_max_inputs
         self._batch_max_delay_s = settings.batch_max_delay_ms / 1e3
-        self.requests_in_flight: Callable[[], int] = lambda: 0  # set by the server: other requests may merge
         self.metrics: Metrics | None = None  # set by the server
 
     # --- request checks shared by every RPC ------------------------------------------------
@@ -172,7 +171,6 @@ class ServedModel:
                 run,
                 max_inputs=self._batch_max_inputs,
                 max_delay_s=self._batch_max_delay_s,
-                contended=lambda: self.requests_in_flight() > 1,
                 on_run=lambda inputs: self._observe_run(kind, inputs),
             )
         return batcher

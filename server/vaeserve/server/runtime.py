@@ -27,7 +27,7 @@ class RuntimeConfig:
     device: Literal["cpu", "cuda", "auto"] = "auto"
     strict_device: bool = False
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
-    allow_spinning: bool = True
+    allow_spinning: bool = False
     cuda_device_id: int = 0
 
 

@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="execution provider: cpu, cuda or auto")
     strict_device: bool = Field(False, description="refuse to start when device=cuda cannot be used")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per run (0: one per core)")
-    allow_spinning: bool = Field(True, description="onnxruntime threads spin between runs (lower latency)")
+    allow_spinning: bool = Field(
+        False, description="onnxruntime threads spin between runs (costs a core; slower here on 2 cores)"
+    )
     executor_threads: int = Field(2, ge=1, description="requests computed at once")
     inline_rows: int = Field(
         64,

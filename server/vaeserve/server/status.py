@@ -104,8 +104,7 @@ class RequestGuard:
     def done(self, method: str, rid: str, code: str, started: float, in_bytes: int, out_bytes: int) -> None:
         seconds = time.perf_counter() - started
         if self.metrics:
-            self.metrics.requests.labels(method, code).inc()
-            self.metrics.latency.labels(method).observe(seconds)
+            self.metrics.observe_request(method, code, seconds)
         if self.log_requests:
             log.info(
                 "rpc method=%s id=%s status=%s in_bytes=%d out_bytes=%d ms=%.2f",
