@@ -82,7 +82,10 @@ def fit(model: VAE, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> 
     shuffle = torch.Generator().manual_seed(config.seed)
     history, best, best_state = History(), -math.inf, copy.deepcopy(model.state_dict())
     started = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress, leave=False)
+    # disable=None: a bar only on a terminal (logs and pipes get the summary alone)
+    bar = tqdm(
+        range(config.epochs), desc="training", unit="epoch", disable=None if config.progress else True, leave=False
+    )
     for epoch in bar:
         beta = kl_weight(epoch, config.warmup_epochs)
         order = torch.randperm(len(x_train), generator=shuffle).to(device)
