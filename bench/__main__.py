@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,33 +81,37 @@ def iwae_flops(bundle_dim: int, hidden: list[int], latent: int, k: int) -> float
     return 2.0 * macs
 
 
-def section_iwae(x: np.ndarray, k: int, rows: list[dict[str, Any]]) -> None:
+def _rate(n: int, run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return n / (time.perf_counter() - start)
+
+
+def section_iwae(x: np.ndarray, k: int, repeats: int, rows: list[dict[str, Any]]) -> None:
+    """Served, in-process and torch eager, measured in turn `repeats` times; the medians are reported."""
     bundle = load_bundle(BUNDLE)
     engine = Engine(bundle, RuntimeConfig(device="cpu"))
     prepared = engine.prepare(x)
-    engine.score(prepared[:1], ScoreOptions(k=k, anomaly=False), 0)
-    start = time.perf_counter()
-    local = engine.score(prepared, ScoreOptions(k=k, anomaly=False), 0)
-    in_process = len(x) / (time.perf_counter() - start)
-
-    server = VaeServer(BUNDLE, "--max-k", str(k))
-    try:
-        with Client(server.address, batch_size=4, concurrency=2, timeout=600) as client:
-            client.score(x[:2], k=k, seed=0, skip_anomaly=True)
-            start = time.perf_counter()
-            served = client.score(x, k=k, seed=0, skip_anomaly=True)
-            served_rate = len(x) / (time.perf_counter() - start)
-    finally:
-        server.stop()
-    np.testing.assert_allclose(served.log_px, local.log_px, rtol=1e-5)  # the same numbers
-
+    options = ScoreOptions(k=k, anomaly=False)
+    local = engine.score(prepared, options, 0)
     torch.set_num_threads(os.cpu_count() or 1)
     model = torch_model(bundle)
-    torch_iwae(model, prepared[:1], k, seed=0)
-    start = time.perf_counter()
-    eager = torch_iwae(model, prepared, k, seed=0)
-    torch_rate = len(x) / (time.perf_counter() - start)
-    np.testing.assert_allclose(eager, local.log_px, atol=1e-2)  # the same estimate, the same draws
+    eager = torch_iwae(model, prepared[:2], k, seed=0)
+    np.testing.assert_allclose(eager, local.log_px[:2], atol=1e-2)  # the same estimate, the same draws
+    rates: dict[str, list[float]] = {"served": [], "in-process": [], "torch": []}
+    server = VaeServer(BUNDLE, "--max-k", str(k), *SERVER_FLAGS)
+    try:
+        with Client(server.address, batch_size=4, concurrency=2, timeout=600) as client:
+            served = client.score(x, k=k, seed=0, skip_anomaly=True)
+            np.testing.assert_allclose(served.log_px, local.log_px, rtol=1e-5)  # the same numbers
+            for _ in range(repeats):
+                rates["served"].append(_rate(len(x), lambda: client.score(x, k=k, seed=0, skip_anomaly=True)))
+                rates["in-process"].append(_rate(len(x), lambda: engine.score(prepared, options, 0)))
+                rates["torch"].append(_rate(len(x), lambda: torch_iwae(model, prepared, k, seed=0)))
+    finally:
+        server.stop()
+    served_rate, in_process, torch_rate = (float(np.median(rates[key])) for key in ("served", "in-process", "torch"))
+    spread = ", ".join(f"{key} {min(v):.1f}-{max(v):.1f}" for key, v in rates.items())
 
     arch = bundle.manifest.training.architecture  # type: ignore[union-attr]
     flops = iwae_flops(bundle.manifest.dim, list(arch["hidden"]), bundle.manifest.latent_dim, k)
@@ -125,7 +130,7 @@ def section_iwae(x: np.ndarray, k: int, rows: list[dict[str, Any]]) -> None:
             "what": f"IWAE K={k}: in-process fused onnxruntime (engine)",
             "value": in_process,
             "unit": "inputs/s",
-            "ratio": "",
+            "ratio": f"medians of {repeats} turns ({spread})",
         },
         {
             "section": "a",
@@ -261,6 +266,7 @@ def section_memory(x: np.ndarray, k: int, rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--inputs", type=int, default=32, help="inputs for the K=5000 rows")
+    parser.add_argument("--repeats", type=int, default=3, help="turns of the K=5000 rows (medians reported)")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per Encode row")
     parser.add_argument("--bulk", type=int, default=100_000, help="inputs for the bulk ELBO rows")
     parser.add_argument("--only", default="abcd", help="sections to run, e.g. 'ab'")
@@ -271,7 +277,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     info = machine()
     if "a" in args.only:
-        section_iwae(x[: args.inputs], 5000, rows)
+        section_iwae(x[: args.inputs], 5000, args.repeats, rows)
     if "b" in args.only:
         section_encode(x, args.seconds, rows)
     if "c" in args.only:

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     allow_spinning: bool = Field(
         False, description="onnxruntime threads spin between runs (costs a core; slower here on 2 cores)"
     )
-    executor_threads: int = Field(2, ge=1, description="requests computed at once")
+    executor_threads: int = Field(
+        1, ge=1, description="runs on the thread pool at once (each uses intra_op_threads; more oversubscribe the CPU)"
+    )
     inline_rows: int = Field(
         64,
         ge=0,
