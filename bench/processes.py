@@ -5,11 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vaeserve.client import Client, UnavailableError
 
 
 def free_port() -> int:
@@ -60,22 +58,12 @@ class VaeServer(Process):
             ]
         )
         self.address = f"127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    if (
-                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
-                        return
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(
-            f"vaeserve-server did not become SERVING: {self.proc.stdout.read() if self.proc.stdout else ''}"
-        )
+        with Client(self.address, retries=0) as client:
+            try:
+                client.wait_until_serving(timeout=120)
+            except UnavailableError:
+                self.stop()
+                raise
 
 
 class EchoServer(Process):

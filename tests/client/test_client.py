@@ -145,3 +145,15 @@ def test_public_surface_is_complete() -> None:
     assert set(public.__all__) == exported - modules
     for name in public.__all__:
         assert getattr(public, name).__module__.startswith("vaeserve.client")
+
+
+def test_wait_until_serving(serve: Callable[..., RunningServer], worse_bundle: Path) -> None:
+    from vaeserve.server.app import load_model
+
+    server = serve(worse_bundle, load=False)
+    with Client(server.address, retries=0) as c:
+        with pytest.raises(UnavailableError, match="not SERVING after 0.3 s"):
+            c.wait_until_serving(timeout=0.3)
+        server.run(server.app.set_model(load_model(server.settings)))
+        c.wait_until_serving(timeout=10)
+        assert c.health() == "SERVING"

@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.bundles import LinearGaussian
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
+from vaeserve.client import Client, UnavailableError
 
 SCRIPT = Path(sys.executable).parent / "vaeserve-server"
 
@@ -52,20 +52,11 @@ class ServerProcess:
         return f"127.0.0.1:{self._port}"
 
     def wait_serving(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    if (
-                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise AssertionError("server never became SERVING:\n" + "".join(self.lines))
+        with Client(self.address, retries=0) as client:
+            try:
+                client.wait_until_serving(timeout)
+            except UnavailableError as exc:
+                raise AssertionError("".join(self.lines)) from exc
 
     def stop(self) -> None:
         if self.proc.poll() is None:

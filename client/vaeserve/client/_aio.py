@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._channel import ChannelConfig, TlsConfig
+from vaeserve.client._base import ClientBase
 from vaeserve.client._client import batches
 from vaeserve.client._errors import from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
@@ -24,30 +24,11 @@ __all__ = ["AsyncClient"]
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """Like `Client`, for asyncio code. Create it inside a running event loop."""
 
-    def __init__(
-        self,
-        target: str = "localhost:50051",
-        *,
-        timeout: float | None = 60.0,
-        batch_size: int = 1024,
-        concurrency: int = 2,
-        model: str | None = None,
-        version: str | None = None,
-        tls: TlsConfig | None = None,
-        retries: int = 3,
-        round_robin: bool = False,
-        max_message_mb: int = 64,
-    ) -> None:
-        self.config = ChannelConfig(
-            target=target, tls=tls, retries=retries, round_robin=round_robin, max_message_mb=max_message_mb
-        )
-        self.timeout = timeout
-        self.batch_size = batch_size
-        self._slots = asyncio.Semaphore(max(1, concurrency))
-        self._spec = cv.model_spec(model, version)
+    def _open(self) -> None:
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._channel = self.config.aio_channel()
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -14,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._channel import ChannelConfig, TlsConfig
-from vaeserve.client._errors import from_rpc_error
+from vaeserve.client._base import ClientBase
+from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
 
 __all__ = ["Client", "batches"]
@@ -31,7 +32,7 @@ def batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-class Client:
+class Client(ClientBase):
     """A vaeserve client. Large arrays are split into requests of `batch_size` inputs and the results joined
     in order; since a seeded result depends only on (input, K, seed), batching changes no number.
 
@@ -40,27 +41,7 @@ class Client:
     ...     scores.log_px, scores.log_px_se, scores.percentile
     """
 
-    def __init__(
-        self,
-        target: str = "localhost:50051",
-        *,
-        timeout: float | None = 60.0,
-        batch_size: int = 1024,
-        concurrency: int = 2,
-        model: str | None = None,
-        version: str | None = None,
-        tls: TlsConfig | None = None,
-        retries: int = 3,
-        round_robin: bool = False,
-        max_message_mb: int = 64,
-    ) -> None:
-        self.config = ChannelConfig(
-            target=target, tls=tls, retries=retries, round_robin=round_robin, max_message_mb=max_message_mb
-        )
-        self.timeout = timeout
-        self.batch_size = batch_size
-        self.concurrency = max(1, concurrency)
-        self._spec = cv.model_spec(model, version)
+    def _open(self) -> None:
         self._channel = self.config.channel()
         self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -115,6 +96,21 @@ class Client:
         """The standard gRPC health status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN."""
         reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def wait_until_serving(self, timeout: float = 60.0, poll_s: float = 0.1) -> None:
+        """Returns once the server's health check says SERVING; UnavailableError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health(timeout=min(1.0, timeout)) == "SERVING":
+                    return
+                status = "NOT_SERVING"
+            except VaeServeError as exc:
+                status = str(exc)
+            if time.monotonic() > deadline:
+                message = f"not SERVING after {timeout:g} s ({status})"
+                raise UnavailableError(grpc.StatusCode.UNAVAILABLE, message, self.config.target)
+            time.sleep(poll_s)
 
     def encode(
         self,
