@@ -152,7 +152,7 @@ def test_wait_until_serving(serve: Callable[..., RunningServer], worse_bundle: P
 
     server = serve(worse_bundle, load=False)
     with Client(server.address, retries=0) as c:
-        with pytest.raises(UnavailableError, match="not SERVING after 0.3 s"):
+        with pytest.raises(UnavailableError, match=r"not SERVING after 0\.3 s"):
             c.wait_until_serving(timeout=0.3)
         server.run(server.app.set_model(load_model(server.settings)))
         c.wait_until_serving(timeout=10)
