@@ -103,6 +103,7 @@ def encode_from_pb(request: pb.EncodeRequest, model: ServedModel) -> EncodeCall:
             raise InvalidArgument("importance resampling needs n_samples >= 1")
         model.check_k(proposals, "proposals")
         model.check_samples(proposals * len(x) // 10, f"{len(x)} inputs x proposals={proposals} / 10")
+    model.check_reply(4 * len(x) * model.manifest.latent_dim * (2 + n), f"{len(x)} inputs x n_samples={n}")
     return EncodeCall(x, n, _seed(request, model), resample, proposals)
 
 
@@ -136,7 +137,13 @@ def decode_from_pb(request: pb.DecodeRequest, model: ServedModel) -> DecodeCall:
         raise InvalidArgument("z is missing: send a batch of latent vectors as a tensor")
     z = codec.from_proto(request.z, name="z", dtypes=LATENT_DTYPES, shapes=[(None, model.manifest.latent_dim)])
     model.check_batch(len(z), "z")
+    model.check_reply(_decoded_bytes(model, len(z), request.sample), f"decoding {len(z)} latents")
     return DecodeCall(np.asarray(z, dtype=np.float32), request.sample, _seed(request, model))
+
+
+def _decoded_bytes(model: ServedModel, n: int, sample: bool) -> int:
+    """Bytes of a Decoded reply: two float32 parameter tensors (and a sample) per row."""
+    return 4 * n * model.manifest.dim * (2 + int(sample))
 
 
 def decoded_to_pb(params: dict[str, np.ndarray], x_sample: np.ndarray | None) -> pb.Decoded:
@@ -159,6 +166,7 @@ def sample_from_pb(request: pb.SampleRequest, model: ServedModel) -> SampleCall:
     if request.n < 1:
         raise InvalidArgument("n must be at least 1")
     model.check_samples(int(request.n), f"n={request.n}")
+    model.check_reply(_decoded_bytes(model, int(request.n), request.sample_x), f"n={request.n} samples")
     return SampleCall(int(request.n), _seed(request, model), request.sample_x)
 
 
@@ -186,6 +194,8 @@ def score_from_pb(request: pb.ScoreRequest, model: ServedModel) -> ScoreCall:
         anomaly=not request.skip_anomaly,
         threshold_quantile=quantile,
     )
+    per_input = 8 * 20 + model.manifest.dim * (8 * request.per_dim + 4 * request.reconstruction)
+    model.check_reply(len(x) * per_input, f"scoring {len(x)} inputs")
     return ScoreCall(x, options, _seed(request, model))
 
 

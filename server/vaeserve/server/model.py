@@ -106,6 +106,14 @@ class ServedModel:
         if n > self.limits.max_samples:
             raise LimitExceeded(f"{what} asks for {n} latent draws; max_samples is {self.limits.max_samples}")
 
+    def check_reply(self, nbytes: int, what: str) -> None:
+        """Refuses, before any work, a request whose reply could not be sent."""
+        if nbytes > self.limits.max_message_bytes:
+            raise LimitExceeded(
+                f"{what} would make a reply of about {nbytes / 2**20:.0f} MB; the limit is "
+                f"{self.limits.max_message_bytes / 2**20:.0f} MB (max_message_mb): ask for fewer inputs at once"
+            )
+
     # --- work -----------------------------------------------------------------------------
 
     async def call(
