@@ -58,3 +58,10 @@ def test_expected_dtype_and_shape() -> None:
         from_proto(tensor, name="z", shapes=[(None, 5), (5,)])
     with pytest.raises(TensorError, match="dtype float32 is not accepted here"):
         from_proto(tensor, dtypes=[np.uint8])
+
+
+def test_absurd_shapes_are_refused_not_crashed() -> None:
+    with pytest.raises(TensorError, match="at most 8"):
+        from_proto(pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[1] * 9, data=b"\0" * 4))
+    with pytest.raises(TensorError, match="cannot be used"):
+        from_proto(pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[0, 2**40, 2**40], data=b""))

@@ -157,3 +157,39 @@ def test_wait_until_serving(serve: Callable[..., RunningServer], worse_bundle: P
         server.run(server.app.set_model(load_model(server.settings)))
         c.wait_until_serving(timeout=10)
         assert c.health() == "SERVING"
+
+
+def test_stream_reports_local_errors_and_empty_input(client: Client, lg: LinearGaussian) -> None:
+    from vaeserve.api import TensorError
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield lg.sample(2)
+        yield np.zeros((2, 10), np.complex64)  # cannot be sent
+
+    with pytest.raises(TensorError, match="cannot be sent"):
+        list(client.score_stream(chunks(), k=10))
+    with pytest.raises(InvalidArgumentError, match="empty batch"):
+        client.score(np.zeros((0, 10)))
+
+
+def test_large_requests_are_retried_too(
+    serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian
+) -> None:
+    """gRPC stops retrying calls above its retry buffer (256 KiB by default): the client raises it."""
+    from vaeserve.server.app import load_model
+
+    server = serve(worse_bundle, load=False)
+    model = load_model(server.settings)
+    threading.Timer(0.1, lambda: server.run(server.app.set_model(model))).start()
+    x = lg.sample(8000)  # 640 KB of float64
+    with Client(server.address, retries=4, batch_size=8000) as c:
+        assert len(c.score(x, k=1, skip_anomaly=True)) == 8000
+
+
+def test_async_wait_and_iterable_stream(worse_server: RunningServer, lg: LinearGaussian) -> None:
+    async def run() -> list[int]:
+        async with AsyncClient(worse_server.address) as aclient:
+            await aclient.wait_until_serving(timeout=10)
+            return [len(s) async for s in aclient.score_stream((lg.sample(n) for n in (3, 1)), k=5)]
+
+    assert asyncio.run(run()) == [3, 1]

@@ -419,3 +419,28 @@ def test_prometheus_metrics(serve: Callable[..., RunningServer], worse_bundle: P
     assert 'vaeserve_model_info{name="linear-gaussian",provider="CPUExecutionProvider",version="1"} 1.0' in text
     assert "vaeserve_ready 1.0" in text and "vaeserve_request_seconds_bucket" in text
     assert 'vaeserve_batch_inputs_count{kind="score"} 2.0' in text
+
+
+def test_merged_requests_keep_their_own_thresholds(serve: Callable[..., RunningServer], digits_bundle: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    server = serve(digits_bundle, inline_rows=0, executor_threads=1, batch_max_k=1000)  # digits calibrates at K=1000
+    x = load_digits().data[:40]
+    quantiles = [0.5, 0.9, 0.99] * 10
+    with grpc.insecure_channel(server.address) as channel:
+        stub = Stub(channel)
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(
+                pool.map(
+                    lambda i: stub.Score(pb.ScoreRequest(x=t(x[i : i + 1]), k=8, threshold_quantile=quantiles[i])),
+                    range(len(quantiles)),
+                )
+            )
+    model = server.app.servicer.model
+    assert model is not None and len(model._batchers) == 1  # one kind of work, whatever the quantile
+    calibration = model.manifest.calibration
+    assert calibration is not None
+    for q, reply in zip(quantiles, replies):
+        assert reply.anomaly.threshold_quantile == q
+        assert reply.anomaly.threshold == pytest.approx(calibration.threshold(q))
+        np.testing.assert_array_equal(a(reply.anomaly.is_anomaly), a(reply.anomaly.score) > reply.anomaly.threshold)

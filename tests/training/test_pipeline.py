@@ -131,3 +131,34 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     np.save(tmp_path / "big.npy", np.full((30, 4), 7.5))
     assert main(["train", str(tmp_path / "big.npy"), "--likelihood", "bernoulli", *QUICK]) == 2
     assert "big.npy: values up to 7.5" in capsys.readouterr().err
+
+
+def test_a_csv_with_a_label_column_can_be_evaluated_later(tmp_path: Path) -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    table = np.column_stack([bunch.target, bunch.data])
+    header = "label," + ",".join(f"f{i}" for i in range(bunch.data.shape[1]))
+    np.savetxt(tmp_path / "cancer.csv", table, delimiter=",", header=header, comments="")
+    out = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "cancer.csv"),
+                "--label-column",
+                "label",
+                "--classes",
+                "1",
+                "--latent",
+                "4",
+                "--out",
+                str(out),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    summary = load_bundle(out).manifest.training
+    assert summary is not None and summary.label_column == "label" and summary.classes == [1]
+    assert main(["evaluate", str(out), "--ks", "1,8"]) == 0  # rebuilds the same splits, labels dropped

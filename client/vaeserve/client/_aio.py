@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -14,9 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import ClientBase
-from vaeserve.client._client import batches
-from vaeserve.client._errors import from_rpc_error
+from vaeserve.client._base import ClientBase, StreamRequests, batches
+from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
 
 __all__ = ["AsyncClient"]
@@ -52,8 +51,9 @@ class AsyncClient(ClientBase):
     async def _batched(
         self, method: Callable[..., Awaitable[Any]], requests: list[Any], parse: Callable[[Any], T]
     ) -> list[T]:
-        replies = await asyncio.gather(*(self._call(method, r) for r in requests))
-        return [parse(reply) for reply in replies]
+        async with asyncio.TaskGroup() as group:  # one failure cancels the other calls
+            tasks = [group.create_task(self._call(method, r)) for r in requests]
+        return [parse(task.result()) for task in tasks]
 
     async def info(self) -> ModelInfo:
         return cv.model_info(await self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(model=self._spec)))
@@ -119,31 +119,44 @@ class AsyncClient(ClientBase):
 
     async def score_stream(
         self,
-        x: npt.ArrayLike,
+        x: npt.ArrayLike | Iterable[npt.ArrayLike],
         *,
         k: int | None = None,
         seed: int | None = None,
         skip_anomaly: bool = False,
         threshold_quantile: float | None = None,
     ) -> AsyncIterator[Scores]:
-        """Scores `x` over one ScoreStream call, `batch_size` rows per message; yields per batch, in order."""
-        array = np.asarray(x)
-        requests = [
-            cv.score_request(
-                array[s],
-                self._spec,
-                k=k,
-                seed=seed,
-                prior_estimate=False,
-                per_dim=False,
-                reconstruction=False,
-                threshold_quantile=threshold_quantile,
-                skip_anomaly=skip_anomaly,
-            )
-            for s in batches(len(array), self.batch_size)
-        ]
+        """Scores `x` over one ScoreStream call: an array (`batch_size` rows per message) or an iterable
+        of arrays (sent as they come); yields one Scores per message, in order."""
+        requests = StreamRequests(
+            x,
+            self.batch_size,
+            self._spec,
+            k=k,
+            seed=seed,
+            skip_anomaly=skip_anomaly,
+            threshold_quantile=threshold_quantile,
+        )
         try:
             async for reply in self._stub.ScoreStream(iter(requests)):
                 yield cv.scores(reply)
         except grpc.RpcError as exc:
+            requests.raise_error()
             raise from_rpc_error(exc, self.config.target) from None
+        requests.raise_error()
+
+    async def wait_until_serving(self, timeout: float = 60.0, poll_s: float = 0.1) -> None:
+        """Returns once the server's health check says SERVING; UnavailableError after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                if await self.health(timeout=min(1.0, timeout)) == "SERVING":
+                    return
+                status = "NOT_SERVING"
+            except VaeServeError as exc:
+                status = str(exc)
+            if loop.time() > deadline:
+                message = f"not SERVING after {timeout:g} s ({status})"
+                raise UnavailableError(grpc.StatusCode.UNAVAILABLE, message, self.config.target)
+            await asyncio.sleep(poll_s)

@@ -2,11 +2,73 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import numpy.typing as npt
+
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.client import _convert as cv
 from vaeserve.client._channel import ChannelConfig, TlsConfig
 
-__all__ = ["ClientBase"]
+__all__ = ["ClientBase", "StreamRequests", "batches"]
+
+
+def batches(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most `size` rows covering n rows (one empty slice for n = 0: the server
+    answers an empty batch with its own error)."""
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {size}")
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)] or [slice(0, 0)]
+
+
+class StreamRequests:
+    """ScoreStream requests built as the chunks come. gRPC would report an error raised while building
+    one as a bare UNKNOWN, so the stream ends there and the error waits in `error`, to be raised."""
+
+    def __init__(
+        self,
+        x: npt.ArrayLike | Iterable[npt.ArrayLike],
+        batch_size: int,
+        spec: pb.ModelSpec,
+        *,
+        k: int | None,
+        seed: int | None,
+        skip_anomaly: bool,
+        threshold_quantile: float | None,
+    ) -> None:
+        if isinstance(x, np.ndarray):
+            array = x
+            self.chunks: Iterable[npt.ArrayLike] = (array[s] for s in batches(len(array), batch_size))
+            self.total = len(array)
+        else:
+            self.chunks, self.total = x, 0  # type: ignore[assignment]
+        self.build = functools.partial(
+            cv.score_request,
+            spec=spec,
+            k=k,
+            seed=seed,
+            prior_estimate=False,
+            per_dim=False,
+            reconstruction=False,
+            threshold_quantile=threshold_quantile,
+            skip_anomaly=skip_anomaly,
+        )
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[pb.ScoreRequest]:
+        for chunk in self.chunks:
+            try:
+                request = self.build(np.asarray(chunk))
+            except Exception as exc:
+                self.error = exc
+                return
+            yield request
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 class ClientBase:

@@ -71,6 +71,10 @@ class ChannelConfig:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.enable_retries", 1 if self.retries > 0 else 0),
+            # gRPC stops retrying a call once it has sent more than this (256 KiB by default): let
+            # every request up to the message limit be retried.
+            ("grpc.per_rpc_retry_buffer_size", limit),
+            ("grpc.retry_buffer_size", 4 * limit),
             ("grpc.service_config", json.dumps(config)),
         ]
         if self.tls and self.tls.server_name:

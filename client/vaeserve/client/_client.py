@@ -15,21 +15,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import ClientBase
+from vaeserve.client._base import ClientBase, StreamRequests, batches
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
 
-__all__ = ["Client", "batches"]
+__all__ = ["Client"]
 
 T = TypeVar("T")
 Progress = Callable[[int, int], None]  # (inputs done, inputs in all)
-
-
-def batches(n: int, size: int) -> list[slice]:
-    """Consecutive slices of at most `size` rows covering n rows."""
-    if size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {size}")
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 class Client(ClientBase):
@@ -187,35 +180,24 @@ class Client(ClientBase):
 
         `x` is an array (split into `batch_size` rows) or an iterable of arrays (sent as they come).
         """
-        chunks: Iterable[np.ndarray]
-        total = 0
-        if isinstance(x, np.ndarray):
-            array = x
-            chunks = (array[s] for s in batches(len(array), self.batch_size))
-            total = len(array)
-        else:
-            chunks = (np.asarray(c) for c in x)  # type: ignore[union-attr]
-        requests = (
-            cv.score_request(
-                c,
-                self._spec,
-                k=k,
-                seed=seed,
-                prior_estimate=False,
-                per_dim=False,
-                reconstruction=False,
-                threshold_quantile=threshold_quantile,
-                skip_anomaly=skip_anomaly,
-            )
-            for c in chunks
+        requests = StreamRequests(
+            x,
+            self.batch_size,
+            self._spec,
+            k=k,
+            seed=seed,
+            skip_anomaly=skip_anomaly,
+            threshold_quantile=threshold_quantile,
         )
         done = 0
         try:
-            for reply in self._stub.ScoreStream(requests, timeout=None):
+            for reply in self._stub.ScoreStream(iter(requests), timeout=None):
                 result = cv.scores(reply)
                 done += len(result)
                 if progress:
-                    progress(done, total)
+                    progress(done, requests.total)
                 yield result
         except grpc.RpcError as exc:
+            requests.raise_error()
             raise from_rpc_error(exc, self.config.target) from None
+        requests.raise_error()  # the stream ended early: a chunk could not be sent

@@ -15,7 +15,9 @@ import numpy.typing as npt
 
 from vaeserve.api.v1 import vae_pb2
 
-__all__ = ["TensorError", "from_proto", "to_proto"]
+__all__ = ["MAX_DIMS", "TensorError", "from_proto", "to_proto"]
+
+MAX_DIMS = 8
 
 _NUMPY_OF: dict[int, np.dtype] = {
     vae_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -67,6 +69,8 @@ def from_proto(
         allowed = ", ".join(sorted(np.dtype(d).name for d in dtypes))
         raise TensorError(f"{name}: dtype {dtype.name} is not accepted here (accepted: {allowed})")
     shape = tuple(tensor.shape)
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"{name}: {len(shape)} dimensions; at most {MAX_DIMS} are accepted")
     if any(s < 0 for s in shape):
         raise TensorError(f"{name}: shape {shape} has a negative dimension")
     if shapes is not None and not any(_matches(shape, want) for want in shapes):
@@ -75,7 +79,10 @@ def from_proto(
     expected_bytes = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected_bytes:
         raise TensorError(f"{name}: shape {shape} of {dtype.name} needs {expected_bytes} bytes, got {len(tensor.data)}")
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # e.g. an empty tensor with absurd dimensions
+        raise TensorError(f"{name}: shape {shape} cannot be used ({exc})") from exc
 
 
 def _matches(shape: tuple[int, ...], want: Sequence[int | None]) -> bool:

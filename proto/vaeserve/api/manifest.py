@@ -106,6 +106,8 @@ class Estimate(_Strict):
 class TrainingSummary(_Strict):
     dataset: str
     classes: list[int] | None = None
+    labels: str | None = None  # where class labels came from: a labels file, or
+    label_column: str | None = None  # the CSV column that held them
     n_train: int
     n_val: int
     n_test: int

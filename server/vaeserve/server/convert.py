@@ -142,8 +142,8 @@ def decode_from_pb(request: pb.DecodeRequest, model: ServedModel) -> DecodeCall:
 
 
 def _decoded_bytes(model: ServedModel, n: int, sample: bool) -> int:
-    """Bytes of a Decoded reply: two float32 parameter tensors (and a sample) per row."""
-    return 4 * n * model.manifest.dim * (2 + int(sample))
+    """Bytes of a Decoded reply: two float32 parameter tensors (and a sample) per row, and some framing."""
+    return 4 * n * model.manifest.dim * (2 + int(sample)) + 4096
 
 
 def decoded_to_pb(params: dict[str, np.ndarray], x_sample: np.ndarray | None) -> pb.Decoded:
@@ -166,7 +166,8 @@ def sample_from_pb(request: pb.SampleRequest, model: ServedModel) -> SampleCall:
     if request.n < 1:
         raise InvalidArgument("n must be at least 1")
     model.check_samples(int(request.n), f"n={request.n}")
-    model.check_reply(_decoded_bytes(model, int(request.n), request.sample_x), f"n={request.n} samples")
+    z_bytes = 4 * int(request.n) * model.manifest.latent_dim
+    model.check_reply(_decoded_bytes(model, int(request.n), request.sample_x) + z_bytes, f"n={request.n} samples")
     return SampleCall(int(request.n), _seed(request, model), request.sample_x)
 
 

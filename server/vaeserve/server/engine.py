@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -206,19 +206,25 @@ class Engine:
                 if calibration.k == k
                 else self._estimate(x, calibration.k, seeds, Variant("posterior"), check).iwae.log_px
             )
-            threshold = _threshold(calibration.threshold, options.threshold_quantile)
-            result.anomaly = Anomaly(
+            unflagged = Anomaly(
                 score=-log_px,
                 percentile=calibration.percentile(-log_px),
-                is_anomaly=-log_px > threshold,
-                threshold=threshold,
-                threshold_quantile=options.threshold_quantile,
+                is_anomaly=np.zeros(len(x), bool),
+                threshold=np.nan,
+                threshold_quantile=np.nan,
                 k=calibration.k,
                 estimator=calibration.estimator,
             )
+            result.anomaly = self.flag(unflagged, options.threshold_quantile)
         if options.reconstruction:
             result.reconstruction = self.reconstruct(x)
         return result
+
+    def flag(self, anomaly: Anomaly, quantile: float) -> Anomaly:
+        """The anomaly flags for a threshold at `quantile` of the calibration scores."""
+        assert self.manifest.calibration is not None
+        threshold = _threshold(self.manifest.calibration.threshold, quantile)
+        return replace(anomaly, is_anomaly=anomaly.score > threshold, threshold=threshold, threshold_quantile=quantile)
 
     def _plan(self, k: int) -> tuple[int, int]:
         """(inputs per run, draws per run) with their product near chunk_samples."""

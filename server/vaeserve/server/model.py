@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -52,6 +52,7 @@ class _ScoreItem:
     x: np.ndarray
     seed: int
     options: ScoreOptions
+    deadline: float | None
 
 
 class ServedModel:
@@ -164,9 +165,10 @@ class ServedModel:
         cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
         self._count("Score", len(x), options.k)
         if self._batching and cost_k <= self._batch_max_k:
-            return await self._batcher(("score", options), self._score_many).submit(
-                _ScoreItem(x, seed, options), len(x)
-            )
+            # One batcher per kind of work; the threshold is applied to each request's rows afterwards.
+            key = ("score", replace(options, threshold_quantile=0.0))
+            item = _ScoreItem(x, seed, options, deadline)
+            return await self._batcher(key, self._score_many).submit(item, len(x))
         return await self.call(self.engine.score, x, options, seed, deadline=deadline, rows=len(x) * cost_k)
 
     def _batcher(
@@ -210,9 +212,16 @@ class ServedModel:
         def run(check: Callable[[], None]) -> list[ScoreResult]:
             seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
             merged = self.engine.score(np.concatenate(xs), options, seeds, check)
-            return [merged.rows(s) for s in _spans(xs)]
+            parts = [merged.rows(s) for s in _spans(xs)]
+            for item, part in zip(items, parts):
+                if part.anomaly is not None:
+                    part.anomaly = self.engine.flag(part.anomaly, item.options.threshold_quantile)
+            return parts
 
-        return await self.call(run, rows=sum(len(x) for x in xs) * cost_k)
+        # The merged run may stop at the last of its callers' deadlines (never, if one has none).
+        deadlines = [item.deadline for item in items]
+        deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
+        return await self.call(run, deadline=deadline, rows=sum(len(x) for x in xs) * cost_k)
 
     async def close(self) -> None:
         for batcher in self._batchers.values():

@@ -75,7 +75,12 @@ def bundle_splits(bundle: Bundle, data: str | None = None) -> Splits:
     if source is None:
         raise ValueError(f"{bundle.path}: no training summary; name the data to use")
     likelihood = bundle.manifest.likelihood
-    dataset = load_dataset(source, likelihood=likelihood)  # type: ignore[arg-type]
+    dataset = load_dataset(
+        source,
+        likelihood=likelihood,
+        labels=summary.labels if summary else None,
+        label_column=summary.label_column if summary else None,
+    )
     return make_splits(dataset, summary.seed if summary else 0, classes=summary.classes if summary else None)
 
 
@@ -118,6 +123,8 @@ def run(config: RunConfig) -> RunReport:
     summary = TrainingSummary(
         dataset=config.data,
         classes=config.classes,
+        labels=config.labels,
+        label_column=config.label_column,
         n_train=len(splits.train),
         n_val=len(splits.val),
         n_test=len(splits.test),

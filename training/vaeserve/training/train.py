@@ -61,12 +61,12 @@ def resolve_device(device: str) -> str:
 def validation_elbo(model: VAE, x: torch.Tensor, seed: int, batch_size: int = 1024) -> float:
     """Mean single-draw ELBO over x, with noise fixed by the seed so epochs compare fairly."""
     model.eval()
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    total = 0.0
-    for start in range(0, len(x), batch_size):
-        total += float(elbo(model, x[start : start + batch_size])[0].sum())
-    torch.random.set_rng_state(state)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # training's own random state, on every device, is left alone
+        torch.manual_seed(seed)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            total += float(elbo(model, x[start : start + batch_size])[0].sum())
     model.train()
     return total / len(x)
 
