@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 from vaeserve.api import codec
@@ -14,6 +16,8 @@ from vaeserve.server.model import ServedModel
 from vaeserve.server.status import Context, RequestGuard, stream, unary
 
 __all__ = ["VaeServicer"]
+
+STREAM_AHEAD = 1  # stream messages being worked on beyond the one whose reply is next
 
 
 def _deadline(context: Context) -> float | None:
@@ -82,17 +86,28 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
 
     @unary
     async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
-        model = self._ready(request.model)
-        call = convert.score_from_pb(request, model)
-        result = await model.score(call.x, call.options, call.seed, _deadline(context))
-        return convert.score_to_pb(model, call, result)
+        return await self._score(request, context)
 
     @stream
     async def ScoreStream(
         self, requests: AsyncIterator[pb.ScoreRequest], context: Context
     ) -> AsyncIterator[pb.ScoreResponse]:
-        async for request in requests:
-            model = self._ready(request.model)
-            call = convert.score_from_pb(request, model)
-            result = await model.score(call.x, call.options, call.seed, _deadline(context))
-            yield convert.score_to_pb(model, call, result)
+        # One message is scored while the next is received and checked, and the previous reply sent:
+        # replies still go out in order, and an error ends the stream at its own message.
+        pending: deque[asyncio.Task[pb.ScoreResponse]] = deque()
+        try:
+            async for request in requests:
+                pending.append(asyncio.create_task(self._score(request, context)))
+                if len(pending) > STREAM_AHEAD:
+                    yield await pending.popleft()
+            while pending:
+                yield await pending.popleft()
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
+        model = self._ready(request.model)
+        call = convert.score_from_pb(request, model)
+        result = await model.score(call.x, call.options, call.seed, _deadline(context))
+        return convert.score_to_pb(model, call, result)
