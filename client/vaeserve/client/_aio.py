@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import ClientBase, StreamRequests, batches
+from vaeserve.client._base import ClientBase, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
 
@@ -71,17 +71,15 @@ class AsyncClient(ClientBase):
         resample: bool = False,
         proposals: int | None = None,
     ) -> Encoded:
-        x = np.asarray(x)
-        requests = [
-            cv.encode_request(x[s], self._spec, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals)
-            for s in batches(len(x), self.batch_size)
-        ]
+        requests, _ = self._split(
+            np.asarray(x), cv.encode_request, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals
+        )
         return concat(await self._batched(self._stub.Encode, requests, cv.encoded))
 
     async def decode(self, z: npt.ArrayLike, *, sample: bool = False, seed: int | None = None) -> Decoded:
-        z = np.asarray(z, dtype=np.float32)
-        parts = [slice(0, len(z))] if sample else batches(len(z), self.batch_size)
-        requests = [cv.decode_request(z[s], self._spec, sample=sample, seed=seed) for s in parts]
+        requests, _ = self._split(
+            np.asarray(z, dtype=np.float32), cv.decode_request, whole=sample, sample=sample, seed=seed
+        )
         return concat(await self._batched(self._stub.Decode, requests, cv.decoded))
 
     async def sample(self, n: int, *, seed: int | None = None, sample_x: bool = False) -> Sampled:
@@ -100,21 +98,17 @@ class AsyncClient(ClientBase):
         threshold_quantile: float | None = None,
         skip_anomaly: bool = False,
     ) -> Scores:
-        x = np.asarray(x)
-        requests = [
-            cv.score_request(
-                x[s],
-                self._spec,
-                k=k,
-                seed=seed,
-                prior_estimate=prior_estimate,
-                per_dim=per_dim,
-                reconstruction=reconstruction,
-                threshold_quantile=threshold_quantile,
-                skip_anomaly=skip_anomaly,
-            )
-            for s in batches(len(x), self.batch_size)
-        ]
+        requests, _ = self._split(
+            np.asarray(x),
+            cv.score_request,
+            k=k,
+            seed=seed,
+            prior_estimate=prior_estimate,
+            per_dim=per_dim,
+            reconstruction=reconstruction,
+            threshold_quantile=threshold_quantile,
+            skip_anomaly=skip_anomaly,
+        )
         return concat(await self._batched(self._stub.Score, requests, cv.scores))
 
     async def score_stream(

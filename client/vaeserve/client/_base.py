@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -103,3 +104,10 @@ class ClientBase:
 
     def _open(self) -> None:
         raise NotImplementedError
+
+    def _split(
+        self, x: np.ndarray, build: Callable[..., Any], *, whole: bool = False, **options: Any
+    ) -> tuple[list[Any], list[int]]:
+        """Requests of `batch_size` rows of x (all rows in one with `whole`), and their sizes."""
+        parts = [slice(0, len(x))] if whole else batches(len(x), self.batch_size)
+        return [build(x[s], self._spec, **options) for s in parts], [s.stop - s.start for s in parts]

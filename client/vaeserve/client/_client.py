@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import ClientBase, StreamRequests, batches
+from vaeserve.client._base import ClientBase, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
 
@@ -115,20 +115,17 @@ class Client(ClientBase):
         proposals: int | None = None,
     ) -> Encoded:
         """Posterior mean and log-variance per input; n_samples draws from q(z|x) (or resampled toward p(z|x))."""
-        x = np.asarray(x)
-        parts = batches(len(x), self.batch_size)
-        requests = [
-            cv.encode_request(x[s], self._spec, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals)
-            for s in parts
-        ]
-        return concat(self._batched(self._stub.Encode, requests, cv.encoded, None, [s.stop - s.start for s in parts]))
+        requests, sizes = self._split(
+            np.asarray(x), cv.encode_request, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals
+        )
+        return concat(self._batched(self._stub.Encode, requests, cv.encoded, None, sizes))
 
     def decode(self, z: npt.ArrayLike, *, sample: bool = False, seed: int | None = None) -> Decoded:
         """Parameters of p(x|z); with sample, also x ~ p(x|z) (row i uses row i of the seed's noise, so one request)."""
-        z = np.asarray(z, dtype=np.float32)
-        parts = [slice(0, len(z))] if sample else batches(len(z), self.batch_size)
-        requests = [cv.decode_request(z[s], self._spec, sample=sample, seed=seed) for s in parts]
-        return concat(self._batched(self._stub.Decode, requests, cv.decoded, None, [s.stop - s.start for s in parts]))
+        requests, sizes = self._split(
+            np.asarray(z, dtype=np.float32), cv.decode_request, whole=sample, sample=sample, seed=seed
+        )
+        return concat(self._batched(self._stub.Decode, requests, cv.decoded, None, sizes))
 
     def sample(self, n: int, *, seed: int | None = None, sample_x: bool = False) -> Sampled:
         """z ~ N(0, I), decoded; with sample_x, also x ~ p(x|z)."""
@@ -148,23 +145,18 @@ class Client(ClientBase):
         progress: Progress | None = None,
     ) -> Scores:
         """ELBO, IWAE log p(x) with standard error and ESS, and anomaly score and percentile, per input."""
-        x = np.asarray(x)
-        parts = batches(len(x), self.batch_size)
-        requests = [
-            cv.score_request(
-                x[s],
-                self._spec,
-                k=k,
-                seed=seed,
-                prior_estimate=prior_estimate,
-                per_dim=per_dim,
-                reconstruction=reconstruction,
-                threshold_quantile=threshold_quantile,
-                skip_anomaly=skip_anomaly,
-            )
-            for s in parts
-        ]
-        return concat(self._batched(self._stub.Score, requests, cv.scores, progress, [s.stop - s.start for s in parts]))
+        requests, sizes = self._split(
+            np.asarray(x),
+            cv.score_request,
+            k=k,
+            seed=seed,
+            prior_estimate=prior_estimate,
+            per_dim=per_dim,
+            reconstruction=reconstruction,
+            threshold_quantile=threshold_quantile,
+            skip_anomaly=skip_anomaly,
+        )
+        return concat(self._batched(self._stub.Score, requests, cv.scores, progress, sizes))
 
     def score_stream(
         self,
