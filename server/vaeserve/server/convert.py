@@ -8,6 +8,7 @@ functions build replies. No numbers are computed here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import numpy as np
 
@@ -37,7 +38,7 @@ __all__ = [
 INPUT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64, np.uint8, np.int32, np.int64))
 LATENT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64))
 _LIKELIHOOD = {"bernoulli": pb.LIKELIHOOD_BERNOULLI, "gaussian": pb.LIKELIHOOD_GAUSSIAN}
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = version("vaeserve-server")
 
 
 def header(model: ServedModel) -> pb.ReplyHeader:

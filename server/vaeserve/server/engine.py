@@ -31,14 +31,15 @@ from vaeserve.server.noise import NoiseSource, stream
 from vaeserve.server.results import Anomaly, ScoreOptions, ScoreResult
 from vaeserve.server.runtime import RuntimeConfig, SizedRunner, choose_providers
 
-__all__ = ["Engine"]
+__all__ = ["Check", "Engine", "no_check"]
 
 Check = Callable[[], None]
 _VARIANTS = [Variant(p, d) for p in ("posterior", "prior") for d in (False, True)]
 SMALL_RUN = 64  # inputs x draws up to which a run is single-threaded (cheaper than waking a thread pool)
 
 
-def _no_check() -> None:
+def no_check() -> None:
+    """A `check` that never stops the work."""
     return None
 
 
@@ -110,7 +111,7 @@ class Engine:
         *,
         resample: bool = False,
         proposals: int = 1000,
-        check: Check = _no_check,
+        check: Check = no_check,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(mean, logvar, n draws per input [B, n, L], ESS or None).
 
@@ -166,7 +167,7 @@ class Engine:
     # --- scoring --------------------------------------------------------------------------
 
     def score(
-        self, x: np.ndarray, options: ScoreOptions, seed: int | np.ndarray, check: Check = _no_check
+        self, x: np.ndarray, options: ScoreOptions, seed: int | np.ndarray, check: Check = no_check
     ) -> ScoreResult:
         """Scores model-space inputs x [B, D]. `seed` is one seed for all inputs, or one per input."""
         seeds = np.broadcast_to(np.asarray(seed, dtype=np.uint64), (len(x),))
@@ -312,8 +313,8 @@ class Engine:
         big = np.repeat(x[:1], SMALL_RUN + 1, axis=0)  # the multi-threaded sessions too
         self.decode(self.encode(big)[0])
         for variant in _VARIANTS:
-            self._estimate(x, 2, np.zeros(2, np.uint64), variant, _no_check)
-            self._estimate(big, 2, np.zeros(len(big), np.uint64), variant, _no_check)
+            self._estimate(x, 2, np.zeros(2, np.uint64), variant, no_check)
+            self._estimate(big, 2, np.zeros(len(big), np.uint64), variant, no_check)
 
 
 def _threshold(read: Callable[[float], float], quantile: float) -> float:

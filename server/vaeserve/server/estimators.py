@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ElboSums", "LogMeanExp", "gaussian_entropy", "kl_to_standard_normal", "log_standard_normal_const"]
+__all__ = [
+    "ElboSums",
+    "Estimate",
+    "LogMeanExp",
+    "gaussian_entropy",
+    "kl_to_standard_normal",
+    "log_standard_normal_const",
+]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -74,7 +81,6 @@ class ElboSums:
     """Running mean and variance of log p(x|z_k), the mean of log p(z_k), and per-dim sums."""
 
     def __init__(self, batch: int, per_dim: int | None) -> None:
-        self.ref: np.ndarray | None = None  # shift for a stable variance: the first chunk's mean
         self.sum = np.zeros(batch)
         self.sum_sq = np.zeros(batch)
         self.sum_log_pz = np.zeros(batch)

@@ -19,7 +19,7 @@ import numpy as np
 
 from vaeserve.api.manifest import Manifest
 from vaeserve.server.batcher import DynamicBatcher
-from vaeserve.server.engine import Engine
+from vaeserve.server.engine import Engine, no_check
 from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded, ModelNotFound
 from vaeserve.server.metrics import Metrics
 from vaeserve.server.results import ScoreOptions, ScoreResult
@@ -126,7 +126,7 @@ class ServedModel:
         less time than handing it to a thread and back. Larger work runs on the pool.
         """
         if rows is not None and rows <= self._inline_rows:
-            return fn(*args, check=_no_check)  # too short to be worth stopping
+            return fn(*args, check=no_check)  # too short to be worth stopping
         stop = threading.Event()
 
         def check() -> None:
@@ -227,10 +227,6 @@ class ServedModel:
         for batcher in self._batchers.values():
             await batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _no_check() -> None:
-    return None
 
 
 def _spans(parts: list[np.ndarray]) -> list[slice]:
