@@ -9,18 +9,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["LoadResult", "closed_loop", "merge"]
+
 
 @dataclass(frozen=True)
 class LoadResult:
     concurrency: int
-    calls: int
     seconds: float
-    p50_ms: float
-    p99_ms: float
+    latencies_ms: np.ndarray
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies_ms)
 
     @property
     def rps(self) -> float:
         return self.calls / self.seconds
+
+    @property
+    def p50_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 50))
+
+    @property
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 99))
+
+
+def merge(results: list[LoadResult]) -> LoadResult:
+    """Several turns of the same load as one: calls and time add up, latencies are pooled."""
+    return LoadResult(
+        results[0].concurrency,
+        sum(r.seconds for r in results),
+        np.concatenate([r.latencies_ms for r in results]),
+    )
 
 
 async def closed_loop(
@@ -42,5 +63,4 @@ async def closed_loop(
                 latencies.append(ended - began)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    lat = np.array(latencies) * 1000.0
-    return LoadResult(concurrency, len(lat), seconds, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)))
+    return LoadResult(concurrency, seconds, np.array(latencies) * 1000.0)

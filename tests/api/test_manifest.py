@@ -58,6 +58,11 @@ def test_preprocessing_is_affine_and_invertible() -> None:
     np.testing.assert_allclose(pre.apply(raw), [[1.0, 2.0]])
     np.testing.assert_allclose(pre.invert(pre.apply(raw)), raw)
     assert pre.log_abs_det(2) == pytest.approx(np.log(0.5) + np.log(4.0))
+    # Arrays cached for speed must not change how manifests compare (by their fields).
+    same, other = Preprocessing(shift=[1.0, 2.0], scale=[0.5, 4.0]), Preprocessing(shift=[1.0, 2.0], scale=[0.5, 3.0])
+    other.apply(raw)
+    assert pre == same and same == pre and pre != other
+    assert pre.apply(np.array([[3, 2]], dtype=np.uint8)).dtype == np.float32
 
 
 def test_calibration_percentiles_and_thresholds() -> None:

@@ -184,6 +184,12 @@ BAD = [
     ("Score", pb.ScoreRequest(x=t(np.full((2, 10), np.inf))), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
     ("Score", pb.ScoreRequest(x=t(np.full((2, 10), 1e30))), grpc.StatusCode.INVALID_ARGUMENT, "magnitude"),
     (
+        "Encode",
+        pb.EncodeRequest(x=t(np.where(np.arange(20).reshape(2, 10) == 13, np.nan, 0.0))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "x holds 1 NaN or infinite value(s), first in row 1",
+    ),
+    (
         "Score",
         pb.ScoreRequest(x=pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[2, 10], data=b"\0" * 79)),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -269,6 +275,16 @@ def test_bernoulli_range_is_checked(digits_stub: Stub) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "x[0] feature 0 is 17 in raw units" in info.value.details()
     assert "raw range 0 to 16" in info.value.details()
+    for bad, message in ((-1.0, "is -1 in raw units"), (np.nan, "x holds 1 NaN")):
+        x = np.full((2, 64), 8.0)
+        x[1, 5] = bad
+        with pytest.raises(grpc.RpcError) as info:
+            digits_stub.Encode(pb.EncodeRequest(x=t(x)))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
+    # Float rounding just past the ends is clipped, not refused: 16.00001 / 16 is 1 + 6e-7.
+    edge = digits_stub.Score(pb.ScoreRequest(x=t(np.full((1, 64), 16.00001)), k=5))
+    full = digits_stub.Score(pb.ScoreRequest(x=t(np.full((1, 64), 16.0)), k=5))
+    np.testing.assert_allclose(a(edge.log_px), a(full.log_px), rtol=1e-6)
 
 
 def test_bad_message_in_a_stream_ends_it_with_a_status(stub: Stub, lg: LinearGaussian) -> None:
@@ -419,6 +435,7 @@ def test_prometheus_metrics(serve: Callable[..., RunningServer], worse_bundle: P
     assert 'vaeserve_model_info{name="linear-gaussian",provider="CPUExecutionProvider",version="1"} 1.0' in text
     assert "vaeserve_ready 1.0" in text and "vaeserve_request_seconds_bucket" in text
     assert 'vaeserve_batch_inputs_count{kind="score"} 2.0' in text
+    assert "vaeserve_requests_in_flight 0.0" in text  # read when scraped, after the requests ended
 
 
 def test_merged_requests_keep_their_own_thresholds(serve: Callable[..., RunningServer], digits_bundle: Path) -> None:

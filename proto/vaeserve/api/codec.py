@@ -28,6 +28,7 @@ _NUMPY_OF: dict[int, np.dtype] = {
     vae_pb2.DATA_TYPE_BOOL: np.dtype("?"),
 }
 _WIRE_OF: dict[str, int] = {dt.str.lstrip("<|"): code for code, dt in _NUMPY_OF.items()}
+_CODE_OF: dict[np.dtype, int] = {dt: code for code, dt in _NUMPY_OF.items()}  # native dtypes: one lookup
 
 
 class TensorError(ValueError):
@@ -42,11 +43,13 @@ def _wire_name(code: int) -> str:
 def to_proto(array: npt.ArrayLike) -> vae_pb2.Tensor:
     """Encodes an array; refuses dtypes that have no wire form (complex, object, strings)."""
     arr = np.asarray(array)
-    code = _WIRE_OF.get(arr.dtype.str.lstrip("<>|="))
+    code = _CODE_OF.get(arr.dtype)
     if code is None:
-        raise TensorError(f"dtype {arr.dtype} cannot be sent; use float32, float64, uint8, int32, int64 or bool")
-    wire = arr.astype(_NUMPY_OF[code], order="C", copy=False)
-    return vae_pb2.Tensor(dtype=code, shape=wire.shape, data=wire.tobytes())  # type: ignore[arg-type]
+        code = _WIRE_OF.get(arr.dtype.str.lstrip("<>|="))
+        if code is None:
+            raise TensorError(f"dtype {arr.dtype} cannot be sent; use float32, float64, uint8, int32, int64 or bool")
+        arr = arr.astype(_NUMPY_OF[code])  # big-endian to little-endian
+    return vae_pb2.Tensor(dtype=code, shape=arr.shape, data=arr.tobytes())  # type: ignore[arg-type]  # C order
 
 
 def from_proto(

@@ -7,14 +7,16 @@ bundles from other frameworks.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 __all__ = [
     "DECODER_FILE",
@@ -51,6 +53,12 @@ class ImageLayout(_Strict):
     width: PositiveInt
 
 
+@dataclass(frozen=True, eq=False)  # compared by identity, so models holding one still compare by their fields
+class _Affine:
+    shift: np.ndarray
+    scale: np.ndarray
+
+
 class Preprocessing(_Strict):
     """Per-feature affine map from raw client units to model space: ``x = (raw - shift) * scale``.
 
@@ -74,20 +82,19 @@ class Preprocessing(_Strict):
             raise ValueError("a scale of 0 would erase a feature")
         return values
 
-    _shift: np.ndarray = PrivateAttr()
-    _scale: np.ndarray = PrivateAttr()
-
-    def model_post_init(self, context: Any) -> None:
-        self._shift = np.asarray(self.shift, dtype=np.float64)
-        self._scale = np.asarray(self.scale, dtype=np.float64)
+    @functools.cached_property
+    def _arrays(self) -> _Affine:  # cached once: `apply` runs on every request
+        return _Affine(np.asarray(self.shift, dtype=np.float64), np.asarray(self.scale, dtype=np.float64))
 
     def apply(self, raw: npt.ArrayLike) -> np.ndarray:
-        """Raw [B, D] -> model-space float32 [B, D]."""
-        return ((np.asarray(raw, dtype=np.float64) - self._shift) * self._scale).astype(np.float32)
+        """Raw [B, D] -> model-space float32 [B, D] (the arithmetic in float64)."""
+        x = np.subtract(raw, self._arrays.shift, dtype=np.float64)
+        x *= self._arrays.scale
+        return x.astype(np.float32)
 
     def invert(self, x: npt.ArrayLike) -> np.ndarray:
         """Model-space [B, D] -> raw units, float64."""
-        return np.asarray(x, dtype=np.float64) / self._scale + self._shift
+        return np.asarray(x, dtype=np.float64) / self._arrays.scale + self._arrays.shift
 
     def log_abs_det(self, dim: int) -> float:
         """log |d x / d raw|: add it to a Gaussian model's log p(x) to get the density of raw data."""

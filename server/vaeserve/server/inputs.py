@@ -24,6 +24,9 @@ class InputChecker:
             + ([shape[1:]] if len(shape) == 3 and shape[0] == 1 else [])
             + ([(manifest.dim,)] if len(shape) > 1 else [])
         )
+        self._dim = manifest.dim
+        self._preprocessing = manifest.preprocessing
+        self._bernoulli = manifest.likelihood == "bernoulli"
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """Raw client inputs [B, *input_shape] or [B, D] -> checked model-space float32 [B, D]."""
@@ -32,30 +35,42 @@ class InputChecker:
             raise InvalidArgument(f"x has shape {tuple(raw.shape)}; this model takes {wanted}")
         if raw.shape[0] == 0:
             raise InvalidArgument("x is an empty batch; send at least one input")
-        flat = raw.reshape(raw.shape[0], self.manifest.dim)
-        x = self.manifest.preprocessing.apply(flat)
+        flat = raw.reshape(raw.shape[0], self._dim)
+        x = self._preprocessing.apply(flat)
+        # The common case costs two reductions: NaN fails every comparison, so it takes the slow path too.
+        if self._bernoulli:
+            if not (float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
+                self._check_bernoulli(raw, flat, x)
+        elif not float(np.abs(x).max()) <= _GAUSSIAN_LIMIT:
+            self._check_gaussian(raw, flat, x)
+        return x
+
+    @staticmethod
+    def _check_finite(raw: np.ndarray, flat: np.ndarray, x: np.ndarray) -> None:
         if not np.isfinite(x).all():  # NaN and infinity survive the affine map (or overflow float32)
             raw_bad = raw.dtype.kind == "f" and not np.isfinite(flat).all()
             require_finite(flat if raw_bad else x, "x" if raw_bad else "x after preprocessing")
-        if self.manifest.likelihood == "bernoulli":
-            low, high = float(x.min()), float(x.max())
-            if low < 0.0 or high > 1.0:
-                if low < -_BERNOULLI_SLACK or high > 1 + _BERNOULLI_SLACK:
-                    bad = (x < -_BERNOULLI_SLACK) | (x > 1 + _BERNOULLI_SLACK)
-                    row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
-                    raise InvalidArgument(
-                        f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after "
-                        f"preprocessing; this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
-                        f"{self._raw_range(col)})"
-                    )
-                np.clip(x, 0.0, 1.0, out=x)
-        elif float(np.abs(x).max()) > _GAUSSIAN_LIMIT:
-            row = int(np.argmax(np.abs(x).max(axis=1)))
+
+    def _check_bernoulli(self, raw: np.ndarray, flat: np.ndarray, x: np.ndarray) -> None:
+        """Raises for values outside [0, 1]; clips (in place) those just outside by float rounding."""
+        self._check_finite(raw, flat, x)
+        if float(x.min()) < -_BERNOULLI_SLACK or float(x.max()) > 1 + _BERNOULLI_SLACK:
+            bad = (x < -_BERNOULLI_SLACK) | (x > 1 + _BERNOULLI_SLACK)
+            row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
             raise InvalidArgument(
-                f"x[{row}] has a value of magnitude above {_GAUSSIAN_LIMIT:g} after preprocessing; "
-                "far outside anything this model can score"
+                f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after "
+                f"preprocessing; this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
+                f"{self._raw_range(col)})"
             )
-        return x
+        np.clip(x, 0.0, 1.0, out=x)
+
+    def _check_gaussian(self, raw: np.ndarray, flat: np.ndarray, x: np.ndarray) -> None:
+        self._check_finite(raw, flat, x)
+        row = int(np.argmax(np.abs(x).max(axis=1)))
+        raise InvalidArgument(
+            f"x[{row}] has a value of magnitude above {_GAUSSIAN_LIMIT:g} after preprocessing; "
+            "far outside anything this model can score"
+        )
 
     def _raw_range(self, feature: int) -> str:
         ends = self.manifest.preprocessing.invert(np.array([[0.0], [1.0]]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -38,15 +39,36 @@ class Metrics:
             "vaeserve_model_info", "the served model (value 1)", ["name", "version", "provider"], registry=r
         )
         self.ready = Gauge("vaeserve_ready", "1 when the model is loaded and warmed up", registry=r)
+        # labels() takes a lock and builds a key on every call: each labelled child is looked up once.
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._inputs: dict[str, Any] = {}
+        self._batches: dict[str, Any] = {}
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         key = (method, code)
         children = self._children.get(key)
-        if children is None:  # labels() takes a lock and builds a key each time: look each pair up once
+        if children is None:
             children = self._children[key] = (self.requests.labels(method, code), self.latency.labels(method))
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_inputs(self, method: str, inputs: int, draws: int = 0) -> None:
+        child = self._inputs.get(method)
+        if child is None:
+            child = self._inputs[method] = self.inputs.labels(method)
+        child.inc(inputs)
+        if draws:
+            self.samples.inc(inputs * draws)
+
+    def observe_batch(self, kind: str, inputs: int) -> None:
+        child = self._batches.get(kind)
+        if child is None:
+            child = self._batches[kind] = self.batch_inputs.labels(kind)
+        child.observe(inputs)
+
+    def track_in_flight(self, count: Callable[[], float]) -> None:
+        """The in-flight gauge reads `count` when scraped, so requests pay nothing for it."""
+        self.in_flight.set_function(count)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -144,9 +144,7 @@ class ServedModel:
 
     def _count(self, method: str, inputs: int, draws: int = 0) -> None:
         if self.metrics:
-            self.metrics.inputs.labels(method).inc(inputs)
-            if draws:
-                self.metrics.samples.inc(inputs * draws)
+            self.metrics.count_inputs(method, inputs, draws)
 
     async def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._count("Encode", len(x))
@@ -187,7 +185,7 @@ class ServedModel:
 
     def _observe_run(self, kind: str, inputs: int) -> None:
         if self.metrics:
-            self.metrics.batch_inputs.labels(kind).observe(inputs)
+            self.metrics.observe_batch(kind, inputs)
 
     async def _encode_many(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         def run(check: Callable[[], None]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -72,6 +72,8 @@ class RequestGuard:
         self.log_requests = log_requests
         self.metrics = metrics
         self.in_flight = 0
+        if metrics:
+            metrics.track_in_flight(lambda: self.in_flight)
 
     def enter(self) -> None:
         if self.in_flight >= self.max_in_flight:
@@ -80,13 +82,9 @@ class RequestGuard:
                 f"{self.max_in_flight}); retry with backoff"
             )
         self.in_flight += 1
-        if self.metrics:
-            self.metrics.in_flight.inc()
 
     def leave(self) -> None:
         self.in_flight -= 1
-        if self.metrics:
-            self.metrics.in_flight.dec()
 
     def begin(self, context: Context) -> str:
         given = dict(context.invocation_metadata() or ()).get("x-request-id")
