@@ -38,7 +38,7 @@ serve: $(SERVER_STAMP)
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy -p vaeserve.api -p vaeserve.server -p vaeserve.client -p vaeserve.training
+	$(VENV)/bin/mypy -p vaeserve.api -p vaeserve.server -p vaeserve.client -p vaeserve.training -p bench
 
 # Regenerate the gRPC stubs after editing proto/vaeserve/api/v1/vae.proto (a test checks they are current).
 proto: $(DEV_STAMP)

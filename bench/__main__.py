@@ -151,7 +151,7 @@ def section_iwae(x: np.ndarray, k: int, repeats: int, rows: list[dict[str, Any]]
 
 async def _encode_load(target: str, method: str, payload: bytes, concurrency: int, seconds: float) -> LoadResult:
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)  # raw bytes both ways: the same client cost for both servers
+        call = channel.unary_unary(method, None, None)  # raw bytes both ways: the same client cost for both servers
 
         async def once() -> object:
             return await call(payload)
@@ -168,7 +168,7 @@ def section_encode(x: np.ndarray, seconds: float, rounds: int, rows: list[dict[s
     targets = {"vaeserve": (server.address, "/vaeserve.api.v1.VaeService/Encode")}
     try:
         with grpc.insecure_channel(server.address) as channel:
-            reply_bytes = len(channel.unary_unary(targets["vaeserve"][1])(request))
+            reply_bytes = len(channel.unary_unary(targets["vaeserve"][1], None, None)(request))
         echo = EchoServer(reply_bytes)
         targets["echo"] = (echo.address, "/bench.Echo/Call")
         turns: dict[tuple[str, int], list[LoadResult]] = {}

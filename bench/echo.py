@@ -17,7 +17,7 @@ METHOD = "/bench.Echo/Call"
 async def serve(port: int, reply_bytes: int) -> None:
     reply = b"\0" * reply_bytes
 
-    async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return reply
 
     handler = grpc.method_handlers_generic_handler("bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)})
