@@ -181,6 +181,20 @@ def section_encode(x: np.ndarray, seconds: float, rounds: int, rows: list[dict[s
         server.stop()
         if echo is not None:
             echo.stop()
+    # The same work in-process (input checks, preprocessing, the encoder), in a warm loop: what serving adds.
+    engine = Engine(load_bundle(BUNDLE), RuntimeConfig(device="cpu"))
+    raw = x[:1].astype(np.float32)
+    calls = 2000
+    in_process = _rate(calls, lambda: [engine.encode(engine.prepare(raw)) for _ in range(calls)])
+    rows.append(
+        {
+            "section": "b",
+            "what": "Encode, 1 input: in-process engine (checks, preprocessing, encoder), warm loop",
+            "value": in_process,
+            "unit": "calls/s",
+            "ratio": f"{1e6 / in_process:.0f} us per call",
+        }
+    )
     for c in (1, 16, 64):
         ours, bare = merge(turns[("vaeserve", c)]), merge(turns[("echo", c)])
         per_turn = [a.rps / b.rps for a, b in zip(turns[("vaeserve", c)], turns[("echo", c)])]
