@@ -285,7 +285,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--inputs", type=int, default=32, help="inputs for the K=5000 rows")
     parser.add_argument("--repeats", type=int, default=3, help="turns of the K=5000 rows (medians reported)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per Encode row")
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="measuring time per Encode row and server, split into --rounds turns"
+    )
     parser.add_argument("--rounds", type=int, default=6, help="turns the two Encode servers take per row")
     parser.add_argument("--bulk", type=int, default=100_000, help="inputs for the bulk ELBO rows")
     parser.add_argument("--only", default="abcd", help="sections to run, e.g. 'ab'")
