@@ -39,32 +39,27 @@ class Metrics:
             "vaeserve_model_info", "the served model (value 1)", ["name", "version", "provider"], registry=r
         )
         self.ready = Gauge("vaeserve_ready", "1 when the model is loaded and warmed up", registry=r)
-        # labels() takes a lock and builds a key on every call: each labelled child is looked up once.
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._inputs: dict[str, Any] = {}
-        self._batches: dict[str, Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), looked up once: labels() takes a lock and builds a key on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_request(self, method: str, code: str, seconds: float) -> None:
-        key = (method, code)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self.requests.labels(method, code), self.latency.labels(method))
-        children[0].inc()
-        children[1].observe(seconds)
+        self._child(self.requests, method, code).inc()
+        self._child(self.latency, method).observe(seconds)
 
     def count_inputs(self, method: str, inputs: int, draws: int = 0) -> None:
-        child = self._inputs.get(method)
-        if child is None:
-            child = self._inputs[method] = self.inputs.labels(method)
-        child.inc(inputs)
+        self._child(self.inputs, method).inc(inputs)
         if draws:
             self.samples.inc(inputs * draws)
 
     def observe_batch(self, kind: str, inputs: int) -> None:
-        child = self._batches.get(kind)
-        if child is None:
-            child = self._batches[kind] = self.batch_inputs.labels(kind)
-        child.observe(inputs)
+        self._child(self.batch_inputs, kind).observe(inputs)
 
     def track_in_flight(self, count: Callable[[], float]) -> None:
         """The in-flight gauge reads `count` when scraped, so requests pay nothing for it."""
