@@ -30,10 +30,10 @@ from bench.references import torch_iwae, torch_model
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.client import Client
-from vaeserve.server.bundle import load_bundle
-from vaeserve.server.engine import Engine
-from vaeserve.server.results import ScoreOptions
-from vaeserve.server.runtime import RuntimeConfig
+from vaeserve.server.engine.bundle import load_bundle
+from vaeserve.server.engine.engine import Engine
+from vaeserve.server.engine.results import ScoreOptions
+from vaeserve.server.engine.runtime import RuntimeConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "models" / "mnist5k"
@@ -97,13 +97,13 @@ def section_iwae(x: np.ndarray, k: int, repeats: int, rows: list[dict[str, Any]]
     torch.set_num_threads(os.cpu_count() or 1)
     model = torch_model(bundle)
     eager = torch_iwae(model, prepared[:2], k, seed=0)
-    np.testing.assert_allclose(eager, local.log_px[:2], atol=1e-2)  # the same estimate, the same draws
+    np.testing.assert_allclose(eager, local["log_px"][:2], atol=1e-2)  # the same estimate, the same draws
     rates: dict[str, list[float]] = {"served": [], "in-process": [], "torch": []}
     server = VaeServer(BUNDLE, "--max-k", str(k), *SERVER_FLAGS)
     try:
         with Client(server.address, batch_size=4, concurrency=2, timeout=600) as client:
             served = client.score(x, k=k, seed=0, skip_anomaly=True)
-            np.testing.assert_allclose(served.log_px, local.log_px, rtol=1e-5)  # the same numbers
+            np.testing.assert_allclose(served.log_px, local["log_px"], rtol=1e-5)  # the same numbers
             for _ in range(repeats):
                 rates["served"].append(_rate(len(x), lambda: client.score(x, k=k, seed=0, skip_anomaly=True)))
                 rates["in-process"].append(_rate(len(x), lambda: engine.score(prepared, options, 0)))
@@ -225,7 +225,7 @@ def section_bulk(x: np.ndarray, n: int, batch: int, rows: list[dict[str, Any]]) 
     engine.score(engine.prepare(data[:batch]), ScoreOptions(k=1, anomaly=False), 0)
     start = time.perf_counter()
     local = [
-        engine.score(engine.prepare(data[i : i + batch]), ScoreOptions(k=1, anomaly=False), 0).elbo
+        engine.score(engine.prepare(data[i : i + batch]), ScoreOptions(k=1, anomaly=False), 0)["elbo"]
         for i in range(0, n, batch)
     ]
     in_process = n / (time.perf_counter() - start)

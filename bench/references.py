@@ -9,7 +9,7 @@ import onnx
 import torch
 from torch.nn import functional as F
 
-from vaeserve.server.bundle import Bundle
+from vaeserve.server.engine.bundle import Bundle
 from vaeserve.training.models import VAE, VAEConfig, build_model
 
 
@@ -35,7 +35,7 @@ def torch_model(bundle: Bundle) -> VAE:
 def torch_iwae(model: VAE, x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """log (1/K) sum_k p(x, z_k) / q(z_k|x) per input, all K draws at once (how one writes it by hand).
 
-    The draws are the server's for this seed (vaeserve.server.noise), so the numbers can be compared.
+    The draws are the server's for this seed (vaeserve.server.engine.noise), so the numbers can be compared.
     """
     eps = torch.from_numpy(np.random.default_rng(seed).standard_normal((k, model.config.latent_dim), dtype=np.float32))
     out = []

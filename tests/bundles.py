@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vaeserve.server.bundle import Bundle, save_bundle
+from vaeserve.server.engine.bundle import Bundle, save_bundle
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vaeserve.server.app import App, create_server, load_model
+from vaeserve.server.app import App, create_server
 from vaeserve.server.settings import Settings
 
 T = TypeVar("T")
 
 
-def server_settings(bundle: Path, **overrides: Any) -> Settings:
+def server_settings(bundle: Path | None, **overrides: Any) -> Settings:
+    """Test settings serving `bundle` (None: give `model_repository` in overrides)."""
     values: dict[str, Any] = {
         "bundle": bundle,
         "host": "127.0.0.1",
@@ -33,8 +34,9 @@ class RunningServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server", daemon=True)
         self._thread.start()
-        model = load_model(settings) if load else None
-        self.app: App = self.run(create_server(settings, model))
+        self.app: App = self.run(create_server(settings))
+        if load:
+            self.run(self.app.load())
 
     @property
     def address(self) -> str:

@@ -130,11 +130,8 @@ def test_unreachable_server_is_a_clear_unavailable_error() -> None:
 
 
 def test_retries_while_the_server_is_loading(serve: Callable[..., RunningServer], worse_bundle: Path) -> None:
-    from vaeserve.server.app import load_model
-
     server = serve(worse_bundle, load=False)
-    model = load_model(server.settings)
-    threading.Timer(0.1, lambda: server.run(server.app.set_model(model))).start()
+    threading.Timer(0.1, lambda: server.run(server.app.load())).start()
     with Client(server.address, retries=4) as c:
         assert c.info().latent_dim == 3
 
@@ -148,13 +145,11 @@ def test_public_surface_is_complete() -> None:
 
 
 def test_wait_until_serving(serve: Callable[..., RunningServer], worse_bundle: Path) -> None:
-    from vaeserve.server.app import load_model
-
     server = serve(worse_bundle, load=False)
     with Client(server.address, retries=0) as c:
         with pytest.raises(UnavailableError, match=r"not SERVING after 0\.3 s"):
             c.wait_until_serving(timeout=0.3)
-        server.run(server.app.set_model(load_model(server.settings)))
+        server.run(server.app.load())
         c.wait_until_serving(timeout=10)
         assert c.health() == "SERVING"
 
@@ -176,11 +171,8 @@ def test_large_requests_are_retried_too(
     serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian
 ) -> None:
     """gRPC stops retrying calls above its retry buffer (256 KiB by default): the client raises it."""
-    from vaeserve.server.app import load_model
-
     server = serve(worse_bundle, load=False)
-    model = load_model(server.settings)
-    threading.Timer(0.1, lambda: server.run(server.app.set_model(model))).start()
+    threading.Timer(0.1, lambda: server.run(server.app.load())).start()
     x = lg.sample(8000)  # 640 KB of float64
     with Client(server.address, retries=4, batch_size=8000) as c:
         assert len(c.score(x, k=1, skip_anomaly=True)) == 8000

@@ -11,9 +11,9 @@ import pytest
 
 from tests.bundles import Encoder, LinearGaussian, write_bundle
 from vaeserve.api.manifest import MANIFEST_FILE
-from vaeserve.server.bundle import BundleError, load_bundle, sha256_of
-from vaeserve.server.engine import Engine
-from vaeserve.server.runtime import RuntimeConfig
+from vaeserve.server.engine.bundle import BundleError, load_bundle, sha256_of
+from vaeserve.server.engine.engine import Engine
+from vaeserve.server.engine.runtime import RuntimeConfig
 
 
 @pytest.fixture

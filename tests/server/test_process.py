@@ -104,7 +104,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
     assert server.proc.wait(30) == 0
     log = "".join(server.lines)
     assert "shutting down" in log and "stopped" in log
-    assert re.search(r"method=Score id=[\w-]+ status=OK in_bytes=\d+ out_bytes=\d+ ms=\d", log)
+    assert re.search(r"method=Score id=[\w-]+ model=linear-gaussian:1 status=OK in_bytes=\d+ out_bytes=\d+ ms=\d", log)
 
 
 def test_a_broken_bundle_stops_the_server_with_a_clear_message(spawn: type[ServerProcess], tmp_path: Path) -> None:
@@ -137,11 +137,17 @@ def test_cuda_without_a_gpu_falls_back_to_cpu(spawn: type[ServerProcess]) -> Non
 
 
 def test_the_server_never_imports_torch() -> None:
-    code = (
-        "import sys, asyncio; import vaeserve.server.main, vaeserve.server.app as app; "
-        "from vaeserve.server.settings import Settings; "
-        "m = app.load_model(Settings(device='cpu')); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "\n".join(
+        [
+            "import sys, asyncio; import vaeserve.server.main, vaeserve.server.app as app",
+            "from vaeserve.server.settings import Settings",
+            "async def main():",
+            "    a = await app.create_server(Settings(device='cpu', host='127.0.0.1', port=0))",
+            "    await a.load()",
+            "    await a.stop(0)",
+            "asyncio.run(main())",
+            "assert 'torch' not in sys.modules, 'torch was imported'",
+        ]
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     from importlib.metadata import requires

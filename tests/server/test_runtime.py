@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaeserve.server.bundle import load_bundle
-from vaeserve.server.graphs import Variant, build_score_graph
-from vaeserve.server.runtime import CPU, ProviderUnavailable, Runner, RuntimeConfig, choose_providers
+from vaeserve.server.engine.bundle import load_bundle
+from vaeserve.server.engine.graphs import Variant, build_score_graph
+from vaeserve.server.engine.runtime import CPU, ProviderUnavailable, Runner, RuntimeConfig, choose_providers
 
 
 def test_providers_for_each_device() -> None:

@@ -219,7 +219,7 @@ BAD = [
         "Score",
         pb.ScoreRequest(x=t(X), model=pb.ModelSpec(name="other")),
         grpc.StatusCode.NOT_FOUND,
-        "other:* is not served here",
+        "model 'other' is not served here; models served: linear-gaussian",
     ),
     ("Encode", pb.EncodeRequest(x=t(X), n_samples=60_000), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_samples"),
     (
@@ -236,7 +236,12 @@ BAD = [
     ),
     ("Encode", pb.EncodeRequest(x=t(np.zeros((2, 3, 4)))), grpc.StatusCode.INVALID_ARGUMENT, "shape (2, 3, 4)"),
     ("Decode", pb.DecodeRequest(), grpc.StatusCode.INVALID_ARGUMENT, "z is missing"),
-    ("Decode", pb.DecodeRequest(z=t(np.zeros((2, 4)))), grpc.StatusCode.INVALID_ARGUMENT, "expected shape (*, 3)"),
+    (
+        "Decode",
+        pb.DecodeRequest(z=t(np.zeros((2, 4)))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "z has shape (2, 4); this model takes (N, 3)",
+    ),
     ("Decode", pb.DecodeRequest(z=t(np.full((2, 3), np.nan))), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
     (
         "Decode",
@@ -250,7 +255,7 @@ BAD = [
         "GetModelInfo",
         pb.GetModelInfoRequest(model=pb.ModelSpec(version="7")),
         grpc.StatusCode.NOT_FOUND,
-        "*:7 is not served here",
+        "model linear-gaussian:7 is not served here; versions of linear-gaussian: 1",
     ),
 ]
 
@@ -372,8 +377,7 @@ def test_dynamic_batching_merges_and_returns_what_the_plain_path_returns(
             np.testing.assert_allclose(
                 a(encoded[i].z_mean), a(slow.Encode(pb.EncodeRequest(x=t(inputs[i]))).z_mean), rtol=1e-6, atol=1e-6
             )
-    model = batched.app.servicer.model
-    assert model is not None
+    model = batched.app.registry.resolve("", "")
     requests = sum(b.requests for b in model._batchers.values())
     runs = sum(b.runs for b in model._batchers.values())
     assert requests == 2 * 48 and runs < requests, "concurrent requests were never merged"
@@ -382,8 +386,6 @@ def test_dynamic_batching_merges_and_returns_what_the_plain_path_returns(
 def test_health_is_not_serving_until_the_model_is_loaded(
     serve: Callable[..., RunningServer], worse_bundle: Path
 ) -> None:
-    from vaeserve.server.app import load_model
-
     server = serve(worse_bundle, load=False)
     with grpc.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -395,7 +397,7 @@ def test_health_is_not_serving_until_the_model_is_loaded(
         with pytest.raises(grpc.RpcError) as info:
             Stub(channel).GetModelInfo(pb.GetModelInfoRequest())
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details()
-        server.run(server.app.set_model(load_model(server.settings)))
+        server.run(server.app.load())
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         assert Stub(channel).GetModelInfo(pb.GetModelInfoRequest()).latent_dim == 3
 
@@ -428,13 +430,14 @@ def test_prometheus_metrics(serve: Callable[..., RunningServer], worse_bundle: P
         with pytest.raises(grpc.RpcError):
             stub.Score(pb.ScoreRequest(x=t(lg.sample(1)), k=0))
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert 'vaeserve_requests_total{code="OK",method="Score"} 2.0' in text
-    assert 'vaeserve_requests_total{code="INVALID_ARGUMENT",method="Score"} 1.0' in text
-    assert 'vaeserve_inputs_total{method="Score"} 6.0' in text
-    assert "vaeserve_importance_samples_total 120.0" in text
+    lg_1 = 'model="linear-gaussian",version="1"'
+    assert f'vaeserve_requests_total{{code="OK",method="Score",{lg_1}}} 2.0' in text
+    assert f'vaeserve_requests_total{{code="INVALID_ARGUMENT",method="Score",{lg_1}}} 1.0' in text
+    assert f'vaeserve_inputs_total{{method="Score",{lg_1}}} 6.0' in text
+    assert f"vaeserve_importance_samples_total{{{lg_1}}} 120.0" in text
     assert 'vaeserve_model_info{name="linear-gaussian",provider="CPUExecutionProvider",version="1"} 1.0' in text
     assert "vaeserve_ready 1.0" in text and "vaeserve_request_seconds_bucket" in text
-    assert 'vaeserve_batch_inputs_count{kind="score"} 2.0' in text
+    assert f'vaeserve_batch_inputs_count{{kind="score",{lg_1}}} 2.0' in text
     assert "vaeserve_requests_in_flight 0.0" in text  # read when scraped, after the requests ended
 
 
@@ -453,8 +456,8 @@ def test_merged_requests_keep_their_own_thresholds(serve: Callable[..., RunningS
                     range(len(quantiles)),
                 )
             )
-    model = server.app.servicer.model
-    assert model is not None and len(model._batchers) == 1  # one kind of work, whatever the quantile
+    model = server.app.registry.resolve("", "")
+    assert len(model._batchers) == 1  # one kind of work, whatever the quantile
     calibration = model.manifest.calibration
     assert calibration is not None
     for q, reply in zip(quantiles, replies):

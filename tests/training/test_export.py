@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vaeserve.server.bundle import load_bundle
+from vaeserve.server.engine.bundle import load_bundle
 from vaeserve.training.export import PARITY_TOLERANCE, ExportError, check_parity, export_bundle
 from vaeserve.training.models import VAEConfig, build_model
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaeserve.server.bundle import load_bundle
-from vaeserve.server.results import ScoreOptions
+from vaeserve.server.engine.bundle import load_bundle
+from vaeserve.server.engine.results import ScoreOptions
 from vaeserve.training.cli import main
 from vaeserve.training.pipeline import bundle_splits, cpu_engine
 
@@ -51,9 +51,9 @@ def test_calibration_reads_the_served_scale(trained: Path) -> None:
     assert calibration is not None
     calib = bundle_splits(bundle).calib
     result = engine.score(engine.prepare(calib), ScoreOptions(k=calibration.k), seed=calibration.seed)
-    assert result.anomaly is not None
-    np.testing.assert_allclose(np.sort(result.anomaly.score), calibration.scores, rtol=1e-9)
-    assert result.anomaly.percentile.max() == 100.0
+    assert "anomaly_score" in result.columns
+    np.testing.assert_allclose(np.sort(result["anomaly_score"]), calibration.scores, rtol=1e-9)
+    assert result["percentile"].max() == 100.0
 
 
 def test_evaluate_prints_every_k_and_saves_pictures(

@@ -20,8 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 __all__ = [
     "DECODER_FILE",
+    "DECODER_INPUT",
     "DECODER_OUTPUTS",
     "ENCODER_FILE",
+    "ENCODER_INPUT",
+    "ENCODER_OUTPUTS",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "Calibration",
@@ -37,7 +40,11 @@ MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 
-# Decoder outputs by likelihood; the encoder always maps "x" to "z_mean" and "z_logvar".
+# The graphs' I/O names (the bundle contract): the encoder maps "x" to a diagonal Gaussian q(z|x),
+# the decoder maps "z" to the parameters of p(x|z), which depend on the likelihood.
+ENCODER_INPUT = "x"
+ENCODER_OUTPUTS = ("z_mean", "z_logvar")
+DECODER_INPUT = "z"
 DECODER_OUTPUTS: dict[str, tuple[str, ...]] = {"bernoulli": ("logits",), "gaussian": ("mean", "logvar")}
 
 
@@ -62,7 +69,8 @@ class _Affine:
 class Preprocessing(_Strict):
     """Per-feature affine map from raw client units to model space: ``x = (raw - shift) * scale``.
 
-    A list of length 1 applies to every feature.
+    A list of length 1 applies to every feature. `identity()` (shift 0, scale 1) is what a bundle
+    without a `preprocessing` field gets.
     """
 
     shift: list[float] = Field(min_length=1)
@@ -81,6 +89,10 @@ class Preprocessing(_Strict):
         if any(v == 0.0 for v in values):
             raise ValueError("a scale of 0 would erase a feature")
         return values
+
+    @classmethod
+    def identity(cls) -> Preprocessing:
+        return cls(shift=[0.0], scale=[1.0])
 
     @functools.cached_property
     def _arrays(self) -> _Affine:  # cached once: `apply` runs on every request
@@ -171,7 +183,7 @@ class Manifest(_Strict):
     latent_dim: PositiveInt
     likelihood: Literal["bernoulli", "gaussian"]
     sha256: dict[str, str]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing.identity)
     image: ImageLayout | None = None
     training: TrainingSummary | None = None
     calibration: Calibration | None = None

@@ -1,11 +1,18 @@
-"""Building the gRPC server (apart from running it) and its lifecycle: load, warm up, serve, drain."""
+"""Building the gRPC server (apart from running it) and its lifecycle: load, warm up, serve, drain.
+
+Health: the server ("" and the VaeService name) is SERVING while at least one model has a ready
+version and the server is not draining; each model's name is a health service of its own,
+SERVING while that model has a ready version.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -13,16 +20,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vaeserve.api.v1 import vae_pb2, vae_pb2_grpc
-from vaeserve.server.bundle import load_bundle
-from vaeserve.server.engine import Engine
-from vaeserve.server.metrics import Metrics
-from vaeserve.server.model import ServedModel
-from vaeserve.server.runtime import RuntimeConfig
-from vaeserve.server.servicer import VaeServicer
+from vaeserve.server.boundary.interceptor import Boundary
+from vaeserve.server.boundary.metrics import Metrics
+from vaeserve.server.engine import BundleError, NoiseCache
+from vaeserve.server.protocols.v1.servicer import VaeServicer
+from vaeserve.server.repository.registry import ModelRegistry, ModelState
+from vaeserve.server.repository.source import BundleSource, RepositorySource, Source
+from vaeserve.server.serving.loader import ModelLoader
 from vaeserve.server.settings import Settings
-from vaeserve.server.status import RequestGuard
 
-__all__ = ["App", "create_server", "load_model", "serve"]
+__all__ = ["App", "create_server", "serve", "source_of"]
 
 log = logging.getLogger(__name__)
 AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]  # re-exported, untyped
@@ -35,25 +42,60 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class App:
     server: grpc.aio.Server
     port: int
-    servicer: VaeServicer
+    registry: ModelRegistry
     health: AsyncHealthServicer
     metrics: Metrics
+    executor: ThreadPoolExecutor
+    draining: bool = False
+    _health_names: set[str] = field(default_factory=set)
+    _poller: asyncio.Task[None] | None = None
 
-    async def set_model(self, model: ServedModel) -> None:
-        model.metrics = self.metrics
-        self.metrics.model.labels(model.manifest.name, model.manifest.version, model.engine.provider).set(1)
-        self.metrics.ready.set(1)
-        self.servicer.model = model
+    async def load(self) -> None:
+        """Loads every model the source holds; refuses to serve when none of them loads."""
+        await self.registry.sync()
+        if not self.registry.ready_names():
+            failed = [f"{e.name}:{e.version}: {e.reason}" for e in self.registry.entries() if e.reason]
+            raise BundleError(
+                "no model could be loaded from the "
+                + self.registry.source.describe()
+                + (": " + "; ".join(failed) if failed else " (it holds no model versions)")
+            )
+        await self.update_health()
+
+    def start_polling(self, interval_s: float) -> None:
+        self._poller = asyncio.get_running_loop().create_task(self.registry.poll(interval_s), name="vaeserve-poll")
+
+    def changed(self) -> None:
+        """The registry's callback: health and the model metrics follow its state."""
+        for entry in self.registry.entries():
+            if entry.model is not None:
+                ready = entry.state is ModelState.READY
+                self.metrics.model_ready(entry.name, entry.version, entry.model.engine.provider, ready)
+        with contextlib.suppress(RuntimeError):  # no loop: nothing serves yet
+            asyncio.get_running_loop().create_task(self.update_health())
+
+    async def update_health(self) -> None:
+        if self.draining:
+            return
+        ready = self.registry.ready_names()
+        serving = bool(ready)
+        self.metrics.ready.set(int(serving))
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, _SERVING)
+            await self.health.set(name, _SERVING if serving else _NOT_SERVING)
+        for name in self.registry.known_names() | self._health_names:
+            await self.health.set(name, _SERVING if name in ready else _NOT_SERVING)
+            self._health_names.add(name)
 
     async def stop(self, grace: float | None) -> None:
-        """Health NOT_SERVING, stop accepting, let requests in flight finish (up to grace), close sessions."""
+        """Health NOT_SERVING, stop accepting, let requests in flight finish (up to grace), close models."""
+        self.draining = True
+        if self._poller is not None:
+            self._poller.cancel()
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
         await self.server.stop(grace)
-        if self.servicer.model is not None:
-            await self.servicer.model.close()
+        await self.registry.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -67,21 +109,34 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def create_server(settings: Settings, model: ServedModel | None = None) -> App:
-    """A started server on settings.host:settings.port (0: any free port); NOT_SERVING until it has a model."""
+def source_of(settings: Settings) -> Source:
+    if settings.model_repository is not None:
+        return RepositorySource(settings.model_repository)
+    assert settings.bundle is not None  # the settings fill in the bundled model
+    return BundleSource(settings.bundle)
+
+
+async def create_server(settings: Settings) -> App:
+    """A started server on settings.host:settings.port (0: any free port) with an empty registry:
+    NOT_SERVING until `App.load()` has loaded a model."""
     limit = settings.max_message_mb << 20
+    metrics = Metrics()
     server = grpc.aio.server(
+        interceptors=[Boundary(settings.max_in_flight, settings.log_requests, metrics)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
-    metrics = Metrics()
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)
-    servicer = VaeServicer(RequestGuard(settings.max_in_flight, settings.log_requests, metrics))
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(servicer, server)
+    executor = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="vaeserve-run")
+    loader = ModelLoader(settings, executor, NoiseCache(settings.noise_cache_mb << 20), metrics)
+    registry = ModelRegistry(
+        source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s
+    )
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(registry), server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -95,38 +150,9 @@ async def create_server(settings: Settings, model: ServedModel | None = None) ->
     if port == 0:
         raise OSError(f"could not listen on {address}")
     await server.start()
-    app = App(server, port, servicer, health_servicer, metrics)
-    if model is not None:
-        await app.set_model(model)
+    app = App(server, port, registry, health_servicer, metrics, executor)
+    registry.on_change = app.changed
     return app
-
-
-def load_model(settings: Settings) -> ServedModel:
-    """Loads and checks the bundle, creates the sessions and runs each once."""
-    bundle = load_bundle(settings.bundle)
-    runtime = RuntimeConfig(
-        device=settings.device,
-        strict_device=settings.strict_device,
-        intra_op_threads=settings.intra_op_threads,
-        allow_spinning=settings.allow_spinning,
-    )
-    engine = Engine(
-        bundle, runtime, chunk_samples=settings.chunk_samples, noise_cache_bytes=settings.noise_cache_mb << 20
-    )
-    engine.warm_up()
-    m = bundle.manifest
-    log.info(
-        "model %s:%s loaded from %s: %s likelihood, input %s, latent %d, calibration %s; provider %s",
-        m.name,
-        m.version,
-        bundle.path,
-        m.likelihood,
-        m.input_shape,
-        m.latent_dim,
-        f"K={m.calibration.k} on {len(m.calibration.scores)} inputs" if m.calibration else "none",
-        engine.provider,
-    )
-    return ServedModel(engine, settings)
 
 
 async def serve(settings: Settings) -> None:
@@ -137,18 +163,20 @@ async def serve(settings: Settings) -> None:
         if settings.tls_cert
         else "plaintext"
     )
-    log.info("listening on %s:%d (%s); health NOT_SERVING while the model loads", settings.host, app.port, tls)
+    log.info("listening on %s:%d (%s); health NOT_SERVING while models load", settings.host, app.port, tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        model = await asyncio.to_thread(load_model, settings)
+        await app.load()
     except BaseException:
-        await app.server.stop(0)
+        await app.stop(0)
         raise
-    await app.set_model(model)
-    log.info("SERVING %s:%s as replica %s", model.manifest.name, model.manifest.version, settings.replica_id)
+    ready = ", ".join(f"{e.name}:{e.version}" for e in app.registry.entries() if e.state is ModelState.READY)
+    log.info("SERVING %s as replica %s (%s)", ready, settings.replica_id, app.registry.source.describe())
+    if settings.repository_poll_s is not None:
+        app.start_polling(settings.repository_poll_s)
     await stop.wait()
     log.info("shutting down: NOT_SERVING, draining requests in flight (grace %.0f s)", settings.grace_s)
     await app.stop(settings.grace_s)

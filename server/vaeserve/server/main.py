@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from vaeserve.server.app import serve
-from vaeserve.server.bundle import BundleError
-from vaeserve.server.runtime import ProviderUnavailable
+from vaeserve.server.engine.bundle import BundleError
+from vaeserve.server.engine.runtime import ProviderUnavailable
 from vaeserve.server.settings import load_settings
 
 log = logging.getLogger("vaeserve.server")

@@ -33,7 +33,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAESERVE_", extra="forbid", validate_default=True)
 
     config: Path | None = Field(None, description="TOML file of settings (below flags and environment)")
-    bundle: Path = Field(default_factory=default_bundle, description="model bundle directory to serve")
+    bundle: Path | None = Field(
+        None, description="one model bundle directory to serve (default: the bundled digits model)"
+    )
+    model_repository: Path | None = Field(
+        None, description="directory of models to serve: <dir>/<name>/<version>/ holds a bundle (Triton's layout)"
+    )
+    default_model: str | None = Field(None, description="the model for requests that name none")
+    repository_poll_s: float | None = Field(
+        None, gt=0.0, description="re-scan the repository every so many seconds, loading and retiring versions"
+    )
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="port to listen on (0: any free port)")
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="execution provider: cpu, cuda or auto")
@@ -81,6 +90,14 @@ class Settings(BaseSettings):
     replica_id: str = Field(default_factory=socket.gethostname, description="name of this replica in replies")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_requests: bool = Field(True, description="one log line per request")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Settings:
+        if self.bundle is not None and self.model_repository is not None:
+            raise ValueError("give bundle or model_repository, not both")
+        if self.bundle is None and self.model_repository is None:
+            self.bundle = default_bundle()
+        return self
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:

@@ -6,8 +6,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
-from vaeserve.server.bundle import Bundle
-from vaeserve.server.results import ScoreOptions
+from vaeserve.server.engine.bundle import Bundle
+from vaeserve.server.engine.results import ScoreOptions
 from vaeserve.training.data import Splits
 from vaeserve.training.pipeline import cpu_engine
 
@@ -40,7 +40,7 @@ def compare(bundle: Bundle, splits: Splits, *, k: int = 5000, seed: int = 0) -> 
     assert best is not None
     gmm = best[1]
     return [
-        ("VAE, IWAE", *_mean_se(vae.log_px), f"K={k}, latent {latent}"),
+        ("VAE, IWAE", *_mean_se(vae["log_px"]), f"K={k}, latent {latent}"),
         ("probabilistic PCA", *_mean_se(ppca.score_samples(test)), f"{ppca.n_components_} components"),
         (
             "Gaussian mixture",

@@ -12,7 +12,7 @@ import numpy as np
 
 from vaeserve.client.files import DataFileError
 from vaeserve.client.tables import format_table
-from vaeserve.server.bundle import BundleError, load_bundle, update_manifest
+from vaeserve.server.engine.bundle import BundleError, load_bundle, update_manifest
 from vaeserve.training.baselines import compare
 from vaeserve.training.data import load_dataset, select_classes
 from vaeserve.training.evaluate import active_units, calibrate, evaluate, save_pictures

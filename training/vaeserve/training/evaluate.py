@@ -15,8 +15,8 @@ import numpy as np
 
 from vaeserve.api.manifest import Calibration, Estimate
 from vaeserve.client.images import save_grid
-from vaeserve.server.engine import Engine
-from vaeserve.server.results import ScoreOptions
+from vaeserve.server.engine.engine import Engine
+from vaeserve.server.engine.results import ScoreOptions
 
 __all__ = ["KRow", "active_units", "calibrate", "evaluate", "save_pictures"]
 
@@ -47,10 +47,10 @@ def evaluate(engine: Engine, raw: np.ndarray, ks: list[int], seed: int) -> list[
     rows = []
     for k in ks:
         result = engine.score(x, ScoreOptions(k=k, anomaly=False), seeds)
-        log_px, log_px_se = _mean_se(result.log_px)
-        elbo, elbo_se = _mean_se(result.elbo)
-        mc = float(np.nanmean(result.log_px_se)) if k > 1 else float("nan")
-        rows.append(KRow(k, log_px, log_px_se, elbo, elbo_se, mc, float(result.ess.mean())))
+        log_px, log_px_se = _mean_se(result["log_px"])
+        elbo, elbo_se = _mean_se(result["elbo"])
+        mc = float(np.nanmean(result["log_px_se"])) if k > 1 else float("nan")
+        rows.append(KRow(k, log_px, log_px_se, elbo, elbo_se, mc, float(result["ess"].mean())))
     return rows
 
 
@@ -63,7 +63,7 @@ def active_units(engine: Engine, raw: np.ndarray, threshold: float = 0.01) -> in
 def calibrate(engine: Engine, raw: np.ndarray, *, k: int, seed: int, dataset: str) -> Calibration:
     """Sorted anomaly scores -log p(x) of held-out normal data, as the server computes them."""
     result = engine.score(engine.prepare(raw), ScoreOptions(k=k, anomaly=False), seed)
-    return Calibration(k=k, seed=seed, dataset=dataset, scores=sorted((-result.log_px).tolist()))
+    return Calibration(k=k, seed=seed, dataset=dataset, scores=sorted((-result["log_px"]).tolist()))
 
 
 def save_pictures(engine: Engine, raw: np.ndarray, out: Path, *, seed: int, n: int = 32) -> list[Path]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vaeserve.api.manifest import MANIFEST_FILE
-from vaeserve.server.bundle import Bundle, save_bundle
+from vaeserve.server.engine.bundle import Bundle, save_bundle
 from vaeserve.training.models import VAE
 
 __all__ = ["PARITY_TOLERANCE", "ExportError", "export_bundle", "to_onnx"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,9 +13,8 @@ import numpy as np
 import torch
 
 from vaeserve.api.manifest import Calibration, TrainingSummary
-from vaeserve.server.bundle import Bundle, load_bundle, update_manifest
-from vaeserve.server.engine import Engine
-from vaeserve.server.runtime import RuntimeConfig
+from vaeserve.server.engine import Bundle, Engine, RuntimeConfig, load_bundle, publish_bundle
+from vaeserve.server.engine.bundle import staging_dir, update_manifest
 from vaeserve.training.data import Dataset, Likelihood, Splits, load_dataset, make_splits
 from vaeserve.training.evaluate import KRow, active_units, calibrate, evaluate
 from vaeserve.training.export import export_bundle
@@ -85,6 +85,19 @@ def bundle_splits(bundle: Bundle, data: str | None = None) -> Splits:
 
 
 def run(config: RunConfig) -> RunReport:
+    """Trains, exports, evaluates and calibrates in a hidden staging directory beside `config.out`, then
+    publishes the finished bundle there by one rename: a repository being polled never sees half a bundle."""
+    staging = staging_dir(config.out)
+    try:
+        report = _run(config, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report.bundle = publish_bundle(staging, config.out)
+    return report
+
+
+def _run(config: RunConfig, staging: Path) -> RunReport:
     started = time.perf_counter()
     data, splits = _splits(config)
     config.train.device = resolve_device(config.train.device)
@@ -103,7 +116,7 @@ def run(config: RunConfig) -> RunReport:
     name = config.name or data.name.removesuffix(".npy").removesuffix(".csv")
     bundle, parity = export_bundle(
         model,
-        config.out,
+        staging,
         pre.apply(_flat(splits.test)),
         name=name,
         version=config.version,

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class VaeServiceStub:
-    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
-    anomaly percentile, each per input with its uncertainty).
+    """Serves a repository of model bundles: encode, decode, sample and score (ELBO, IWAE
+    log p(x) and anomaly percentile, each per input with its uncertainty), and the
+    repository's models and versions.
     """
 
     def __init__(self, channel):
@@ -66,11 +67,27 @@ class VaeServiceStub:
                 request_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/vaeserve.api.v1.VaeService/ListModels',
+                request_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/vaeserve.api.v1.VaeService/LoadModel',
+                request_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/vaeserve.api.v1.VaeService/UnloadModel',
+                request_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class VaeServiceServicer:
-    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
-    anomaly percentile, each per input with its uncertainty).
+    """Serves a repository of model bundles: encode, decode, sample and score (ELBO, IWAE
+    log p(x) and anomaly percentile, each per input with its uncertainty), and the
+    repository's models and versions.
     """
 
     def GetModelInfo(self, request, context):
@@ -115,6 +132,29 @@ class VaeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Every model and version the server knows, with its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Loads (or reloads) a model from the repository by its version policy: new or changed
+        versions are loaded and warmed up, then swapped in; versions that left the policy are
+        retired after their requests in flight. Returns when the loading is over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Retires a model (or one version): no new requests; those in flight finish first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +188,21 @@ def add_VaeServiceServicer_to_server(servicer, server):
                     request_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ScoreRequest.FromString,
                     response_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ScoreResponse.SerializeToString,
             ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ListModelsRequest.FromString,
+                    response_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.LoadModelRequest.FromString,
+                    response_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.UnloadModelRequest.FromString,
+                    response_serializer=vaeserve_dot_api_dot_v1_dot_vae__pb2.UnloadModelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'vaeserve.api.v1.VaeService', rpc_method_handlers)
@@ -157,8 +212,9 @@ def add_VaeServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class VaeService:
-    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
-    anomaly percentile, each per input with its uncertainty).
+    """Serves a repository of model bundles: encode, decode, sample and score (ELBO, IWAE
+    log p(x) and anomaly percentile, each per input with its uncertainty), and the
+    repository's models and versions.
     """
 
     @staticmethod
@@ -313,6 +369,87 @@ class VaeService:
             '/vaeserve.api.v1.VaeService/ScoreStream',
             vaeserve_dot_api_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
             vaeserve_dot_api_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vaeserve.api.v1.VaeService/ListModels',
+            vaeserve_dot_api_dot_v1_dot_vae__pb2.ListModelsRequest.SerializeToString,
+            vaeserve_dot_api_dot_v1_dot_vae__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vaeserve.api.v1.VaeService/LoadModel',
+            vaeserve_dot_api_dot_v1_dot_vae__pb2.LoadModelRequest.SerializeToString,
+            vaeserve_dot_api_dot_v1_dot_vae__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vaeserve.api.v1.VaeService/UnloadModel',
+            vaeserve_dot_api_dot_v1_dot_vae__pb2.UnloadModelRequest.SerializeToString,
+            vaeserve_dot_api_dot_v1_dot_vae__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

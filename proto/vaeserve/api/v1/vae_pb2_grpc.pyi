@@ -39,8 +39,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class VaeServiceStub:
-    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
-    anomaly percentile, each per input with its uncertainty).
+    """Serves a repository of model bundles: encode, decode, sample and score (ELBO, IWAE
+    log p(x) and anomaly percentile, each per input with its uncertainty), and the
+    repository's models and versions.
     """
 
     @_typing.overload
@@ -59,11 +60,21 @@ class VaeServiceStub:
     """ELBO, IWAE log p(x) with its uncertainty, and the anomaly score, per input."""
     ScoreStream: _grpc.StreamStreamMultiCallable[_vae_pb2.ScoreRequest, _vae_pb2.ScoreResponse]
     """Score for large data sets: one response per request message, in order."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_vae_pb2.ListModelsRequest, _vae_pb2.ListModelsResponse]
+    """Every model and version the server knows, with its state."""
+    LoadModel: _grpc.UnaryUnaryMultiCallable[_vae_pb2.LoadModelRequest, _vae_pb2.LoadModelResponse]
+    """Loads (or reloads) a model from the repository by its version policy: new or changed
+    versions are loaded and warmed up, then swapped in; versions that left the policy are
+    retired after their requests in flight. Returns when the loading is over.
+    """
+    UnloadModel: _grpc.UnaryUnaryMultiCallable[_vae_pb2.UnloadModelRequest, _vae_pb2.UnloadModelResponse]
+    """Retires a model (or one version): no new requests; those in flight finish first."""
 
 @_typing.type_check_only
 class VaeServiceAsyncStub(VaeServiceStub):
-    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
-    anomaly percentile, each per input with its uncertainty).
+    """Serves a repository of model bundles: encode, decode, sample and score (ELBO, IWAE
+    log p(x) and anomaly percentile, each per input with its uncertainty), and the
+    repository's models and versions.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -79,10 +90,20 @@ class VaeServiceAsyncStub(VaeServiceStub):
     """ELBO, IWAE log p(x) with its uncertainty, and the anomaly score, per input."""
     ScoreStream: _aio.StreamStreamMultiCallable[_vae_pb2.ScoreRequest, _vae_pb2.ScoreResponse]  # type: ignore[assignment]
     """Score for large data sets: one response per request message, in order."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_vae_pb2.ListModelsRequest, _vae_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Every model and version the server knows, with its state."""
+    LoadModel: _aio.UnaryUnaryMultiCallable[_vae_pb2.LoadModelRequest, _vae_pb2.LoadModelResponse]  # type: ignore[assignment]
+    """Loads (or reloads) a model from the repository by its version policy: new or changed
+    versions are loaded and warmed up, then swapped in; versions that left the policy are
+    retired after their requests in flight. Returns when the loading is over.
+    """
+    UnloadModel: _aio.UnaryUnaryMultiCallable[_vae_pb2.UnloadModelRequest, _vae_pb2.UnloadModelResponse]  # type: ignore[assignment]
+    """Retires a model (or one version): no new requests; those in flight finish first."""
 
 class VaeServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Serves one model bundle: encode, decode, sample and score (ELBO, IWAE log p(x) and
-    anomaly percentile, each per input with its uncertainty).
+    """Serves a repository of model bundles: encode, decode, sample and score (ELBO, IWAE
+    log p(x) and anomaly percentile, each per input with its uncertainty), and the
+    repository's models and versions.
     """
 
     @_abc_1.abstractmethod
@@ -132,5 +153,32 @@ class VaeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_vae_pb2.ScoreResponse], _abc.AsyncIterator[_vae_pb2.ScoreResponse]]:
         """Score for large data sets: one response per request message, in order."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _vae_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vae_pb2.ListModelsResponse, _abc.Awaitable[_vae_pb2.ListModelsResponse]]:
+        """Every model and version the server knows, with its state."""
+
+    @_abc_1.abstractmethod
+    def LoadModel(
+        self,
+        request: _vae_pb2.LoadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vae_pb2.LoadModelResponse, _abc.Awaitable[_vae_pb2.LoadModelResponse]]:
+        """Loads (or reloads) a model from the repository by its version policy: new or changed
+        versions are loaded and warmed up, then swapped in; versions that left the policy are
+        retired after their requests in flight. Returns when the loading is over.
+        """
+
+    @_abc_1.abstractmethod
+    def UnloadModel(
+        self,
+        request: _vae_pb2.UnloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vae_pb2.UnloadModelResponse, _abc.Awaitable[_vae_pb2.UnloadModelResponse]]:
+        """Retires a model (or one version): no new requests; those in flight finish first."""
 
 def add_VaeServiceServicer_to_server(servicer: VaeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
-from vaeserve.server.bundle import Bundle
+from vaeserve.api.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS
+from vaeserve.server.engine.bundle import Bundle
 
 __all__ = ["LOG_LIK", "MIN_OPSET", "PER_DIM", "Z_LOGVAR", "Z_MEAN", "Z_SQ", "Variant", "build_score_graph"]
 
@@ -80,16 +81,22 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
     # z: [B, C, L] from q(z|x) = N(mu, exp(logvar)), or eps itself for the prior variant.
     parts: list[onnx.GraphProto] = []
     if variant.proposal == "posterior":
-        g.op("Reshape", "x", g.const(np.array([-1, *manifest.input_shape], i64), "input_shape"), out="encoder/x")
+        g.op(
+            "Reshape",
+            "x",
+            g.const(np.array([-1, *manifest.input_shape], i64), "input_shape"),
+            out=f"encoder/{ENCODER_INPUT}",
+        )
         parts.append(encoder.graph)
-        g.op("Identity", "encoder/z_mean", out=Z_MEAN)
-        g.op("Identity", "encoder/z_logvar", out=Z_LOGVAR)
+        z_mean, z_logvar = (f"encoder/{name}" for name in ENCODER_OUTPUTS)
+        g.op("Identity", z_mean, out=Z_MEAN)
+        g.op("Identity", z_logvar, out=Z_LOGVAR)
         std = g.op("Exp", g.op("Mul", Z_LOGVAR, g.const(np.array(0.5, np.float32), "half")))
         z = g.op("Add", g.op("Unsqueeze", Z_MEAN, axis1), g.op("Mul", g.op("Unsqueeze", std, axis1), "eps"))
         g.op("ReduceSum", g.op("Mul", z, z), axis2, out=Z_SQ, keepdims=0)
     else:
         z = "eps"
-    g.op("Reshape", z, g.const(np.array([-1, latent], i64), "flat_latent"), out="decoder/z")
+    g.op("Reshape", z, g.const(np.array([-1, latent], i64), "flat_latent"), out=f"decoder/{DECODER_INPUT}")
     parts.append(decoder.graph)
 
     # Decoder outputs [B*C, *input_shape] -> [B, C, D]; x [B, D] -> [B, 1, D].
@@ -98,14 +105,16 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
     x3 = g.op("Unsqueeze", "x", axis1)
     elementwise = None
     if manifest.likelihood == "bernoulli":
-        logits = g.op("Reshape", "decoder/logits", to_bcd)
+        (logits_name,) = manifest.decoder_outputs
+        logits = g.op("Reshape", f"decoder/{logits_name}", to_bcd)
         if variant.per_dim:
             elementwise = _bernoulli_elementwise(g, x3, logits)
         else:
             _bernoulli_sum(g, "x", logits, dim, out=LOG_LIK)
     else:
-        mean = g.op("Reshape", "decoder/mean", to_bcd)
-        logvar = g.op("Reshape", "decoder/logvar", to_bcd)
+        mean_name, logvar_name = manifest.decoder_outputs
+        mean = g.op("Reshape", f"decoder/{mean_name}", to_bcd)
+        logvar = g.op("Reshape", f"decoder/{logvar_name}", to_bcd)
         diff = g.op("Sub", x3, mean)
         quad = g.op("Mul", g.op("Mul", diff, diff), g.op("Exp", g.op("Neg", logvar)))
         elementwise = g.op("Mul", g.op("Add", logvar, quad), g.const(np.array(-0.5, np.float32), "minus_half"))

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from vaeserve.api.manifest import Manifest
-from vaeserve.server.bundle import Bundle, BundleError
-from vaeserve.server.errors import InvalidArgument
-from vaeserve.server.estimators import (
+from vaeserve.api.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest
+from vaeserve.server.engine.bundle import Bundle, BundleError
+from vaeserve.server.engine.estimators import (
     ElboSums,
     Estimate,
     LogMeanExp,
@@ -25,11 +24,12 @@ from vaeserve.server.estimators import (
     kl_to_standard_normal,
     log_standard_normal_const,
 )
-from vaeserve.server.graphs import LOG_LIK, PER_DIM, Z_LOGVAR, Z_MEAN, Z_SQ, Variant, build_score_graph
-from vaeserve.server.inputs import InputChecker, require_finite
-from vaeserve.server.noise import NoiseSource, stream
-from vaeserve.server.results import Anomaly, ScoreOptions, ScoreResult
-from vaeserve.server.runtime import RuntimeConfig, SizedRunner, choose_providers
+from vaeserve.server.engine.graphs import LOG_LIK, PER_DIM, Z_LOGVAR, Z_MEAN, Z_SQ, Variant, build_score_graph
+from vaeserve.server.engine.inputs import InputChecker, require_finite
+from vaeserve.server.engine.noise import NoiseCache, NoiseSource, stream
+from vaeserve.server.engine.results import AnomalyThreshold, ScoreOptions, ScoreResult
+from vaeserve.server.engine.runtime import RuntimeConfig, SizedRunner, choose_providers
+from vaeserve.server.errors import InvalidArgument
 
 __all__ = ["Check", "Engine", "no_check"]
 
@@ -68,7 +68,7 @@ class Engine:
         config: RuntimeConfig | None = None,
         *,
         chunk_samples: int = 2048,
-        noise_cache_bytes: int = 64 << 20,
+        noise_cache: NoiseCache | None = None,
     ) -> None:
         config = config or RuntimeConfig()
         self.bundle = bundle
@@ -79,7 +79,7 @@ class Engine:
         self._score = {v: SizedRunner(build_score_graph(bundle, v), config, providers, SMALL_RUN) for v in _VARIANTS}
         self.provider = self._encoder.provider
         self.chunk_samples = chunk_samples
-        self.noise = NoiseSource(self.manifest.latent_dim, noise_cache_bytes)
+        self.noise = NoiseSource(self.manifest.latent_dim, noise_cache)
         self._inputs = InputChecker(self.manifest)
         gaussian = self.manifest.likelihood == "gaussian"
         self._log_lik_const = log_standard_normal_const(self.manifest.dim) if gaussian else 0.0
@@ -100,7 +100,7 @@ class Engine:
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shaped = x.reshape(-1, *self.manifest.input_shape)
-        mean, logvar = self._encoder.run(["z_mean", "z_logvar"], {"x": shaped}, len(shaped))
+        mean, logvar = self._encoder.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: shaped}, len(shaped))
         return mean, logvar
 
     def posterior_samples(
@@ -141,7 +141,9 @@ class Engine:
             raise InvalidArgument("z is an empty batch; send at least one latent vector")
         require_finite(z, "z")
         names = list(self.manifest.decoder_outputs)
-        outputs = dict(zip(names, self._decoder.run(names, {"z": np.ascontiguousarray(z, dtype=np.float32)}, len(z))))
+        outputs = dict(
+            zip(names, self._decoder.run(names, {DECODER_INPUT: np.ascontiguousarray(z, dtype=np.float32)}, len(z)))
+        )
         if self.manifest.likelihood == "bernoulli":
             outputs["probs"] = _sigmoid(outputs["logits"])
         return outputs
@@ -182,24 +184,27 @@ class Engine:
         elbo = recon_term - kl
         elbo_se = elbo_sums.se()
         result = ScoreResult(
-            elbo=elbo,
-            elbo_se=elbo_se,
-            reconstruction_term=recon_term,
-            kl=kl,
-            expected_log_joint=recon_term + elbo_sums.mean_log_pz(),
-            entropy=entropy,
-            log_px=iwae.log_px,
-            log_px_se=iwae.se,
-            ess=iwae.ess,
-            bits_per_dim=-iwae.log_px / (self.manifest.dim * math.log(2.0)),
-            gap=iwae.log_px - elbo,
-            gap_se=np.sqrt(elbo_se**2 + iwae.se**2),
+            {
+                "elbo": elbo,
+                "elbo_se": elbo_se,
+                "reconstruction_term": recon_term,
+                "kl": kl,
+                "expected_log_joint": recon_term + elbo_sums.mean_log_pz(),
+                "entropy": entropy,
+                "log_px": iwae.log_px,
+                "log_px_se": iwae.se,
+                "ess": iwae.ess,
+                "bits_per_dim": -iwae.log_px / (self.manifest.dim * math.log(2.0)),
+                "gap": iwae.log_px - elbo,
+                "gap_se": np.sqrt(elbo_se**2 + iwae.se**2),
+            }
         )
         if options.per_dim and elbo_sums.per_dim is not None:
             per_dim = elbo_sums.per_dim / elbo_sums.n[:, None] + self._per_dim_const
             result.per_dim = per_dim.reshape(len(x), *self.manifest.input_shape)
         if options.prior_estimate:
-            result.prior = self._estimate(x, k, seeds, Variant("prior"), check).iwae
+            prior = self._estimate(x, k, seeds, Variant("prior"), check).iwae
+            result.columns.update(prior_log_px=prior.log_px, prior_log_px_se=prior.se, prior_ess=prior.ess)
         calibration = self.manifest.calibration
         if options.anomaly and calibration is not None:
             log_px = (
@@ -207,25 +212,19 @@ class Engine:
                 if calibration.k == k
                 else self._estimate(x, calibration.k, seeds, Variant("posterior"), check).iwae.log_px
             )
-            unflagged = Anomaly(
-                score=-log_px,
-                percentile=calibration.percentile(-log_px),
-                is_anomaly=np.zeros(len(x), bool),
-                threshold=np.nan,
-                threshold_quantile=np.nan,
-                k=calibration.k,
-                estimator=calibration.estimator,
-            )
-            result.anomaly = self.flag(unflagged, options.threshold_quantile)
+            result.columns.update(anomaly_score=-log_px, percentile=calibration.percentile(-log_px))
+            self.flag(result, options.threshold_quantile)
         if options.reconstruction:
             result.reconstruction = self.reconstruct(x)
         return result
 
-    def flag(self, anomaly: Anomaly, quantile: float) -> Anomaly:
-        """The anomaly flags for a threshold at `quantile` of the calibration scores."""
-        assert self.manifest.calibration is not None
-        threshold = _threshold(self.manifest.calibration.threshold, quantile)
-        return replace(anomaly, is_anomaly=anomaly.score > threshold, threshold=threshold, threshold_quantile=quantile)
+    def flag(self, result: ScoreResult, quantile: float) -> None:
+        """Sets the anomaly flags of a result for a threshold at `quantile` of the calibration scores."""
+        calibration = self.manifest.calibration
+        assert calibration is not None
+        threshold = _threshold(calibration.threshold, quantile)
+        result.columns["is_anomaly"] = result.columns["anomaly_score"] > threshold
+        result.anomaly = AnomalyThreshold(threshold, quantile, calibration.k, calibration.estimator)
 
     def _plan(self, k: int) -> tuple[int, int]:
         """(inputs per run, draws per run) with their product near chunk_samples."""

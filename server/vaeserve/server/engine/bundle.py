@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +19,27 @@ from typing import Any
 import onnx
 from pydantic import ValidationError
 
-from vaeserve.api.manifest import DECODER_FILE, ENCODER_FILE, FORMAT_VERSION, MANIFEST_FILE, Manifest
+from vaeserve.api.manifest import (
+    DECODER_FILE,
+    DECODER_INPUT,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    ENCODER_OUTPUTS,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Manifest,
+)
 
-__all__ = ["Bundle", "BundleError", "load_bundle", "save_bundle", "sha256_of", "update_manifest"]
-
-ENCODER_INPUTS = ("x",)
-ENCODER_OUTPUTS = ("z_mean", "z_logvar")
-DECODER_INPUTS = ("z",)
+__all__ = [
+    "Bundle",
+    "BundleError",
+    "load_bundle",
+    "publish_bundle",
+    "save_bundle",
+    "sha256_of",
+    "staging_dir",
+    "update_manifest",
+]
 
 
 class BundleError(Exception):
@@ -55,9 +73,9 @@ def load_bundle(path: str | Path) -> Bundle:
     encoder = _read_model(root / ENCODER_FILE, manifest.sha256[ENCODER_FILE])
     decoder = _read_model(root / DECODER_FILE, manifest.sha256[DECODER_FILE])
     lead = (None,)
-    _check_io(root / ENCODER_FILE, encoder, "input", {"x": lead + tuple(manifest.input_shape)})
+    _check_io(root / ENCODER_FILE, encoder, "input", {ENCODER_INPUT: lead + tuple(manifest.input_shape)})
     _check_io(root / ENCODER_FILE, encoder, "output", {name: (*lead, manifest.latent_dim) for name in ENCODER_OUTPUTS})
-    _check_io(root / DECODER_FILE, decoder, "input", {"z": (*lead, manifest.latent_dim)})
+    _check_io(root / DECODER_FILE, decoder, "input", {DECODER_INPUT: (*lead, manifest.latent_dim)})
     _check_io(
         root / DECODER_FILE,
         decoder,
@@ -86,9 +104,36 @@ def update_manifest(path: str | Path, **changes: Any) -> Bundle:
     return load_bundle(bundle.path)
 
 
+def staging_dir(dest: str | Path) -> Path:
+    """A new hidden sibling of dest to write a bundle into; a repository never serves a hidden directory."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+
+
+def publish_bundle(staging: str | Path, dest: str | Path) -> Bundle:
+    """Moves a complete bundle from staging to dest by one rename, after checking that it loads.
+
+    A bundle already at dest is first renamed aside (and removed after), so a reader sees the old
+    bundle or the new one whole, never a mix.
+    """
+    load_bundle(staging)
+    dest = Path(dest)
+    aside = dest.with_name(f".{dest.name}.replaced-{uuid.uuid4().hex[:8]}") if dest.exists() else None
+    if aside is not None:
+        os.rename(dest, aside)
+    os.rename(staging, dest)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return load_bundle(dest)
+
+
 def _write_manifest(root: Path, manifest: Manifest) -> None:
+    """Writes manifest.json by a rename, so a reader never sees half a file."""
     text = manifest.model_dump_json(indent=2, exclude_none=True) + "\n"
-    (root / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    partial = root / f".{MANIFEST_FILE}.partial"
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, root / MANIFEST_FILE)
 
 
 def _read_manifest(path: Path) -> Manifest:

@@ -1,0 +1,85 @@
+"""Prometheus metrics, served over HTTP on their own port (`--metrics-port`; off by default)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class Metrics:
+    """The server's counters; one registry per server, so tests and several servers in a process don't mix.
+
+    Request families are labelled by model and version (empty when a request never reached a model,
+    e.g. NOT_FOUND), so one dashboard follows a version swap.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        model = ["model", "version"]
+        self.requests = Counter(
+            "vaeserve_requests",
+            "RPCs answered, by method, status code and model",
+            ["method", "code", *model],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "vaeserve_request_seconds", "RPC duration", ["method", *model], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("vaeserve_requests_in_flight", "RPCs in progress", registry=r)
+        self.inputs = Counter("vaeserve_inputs", "inputs scored, encoded or decoded", ["method", *model], registry=r)
+        self.samples = Counter("vaeserve_importance_samples", "inputs x K evaluated by Score", model, registry=r)
+        self.batch_inputs = Histogram(
+            "vaeserve_batch_inputs",
+            "inputs per merged engine run (dynamic batching)",
+            ["kind", *model],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model = Gauge(
+            "vaeserve_model_info", "a ready model version (value 1)", ["name", "version", "provider"], registry=r
+        )
+        self.ready = Gauge("vaeserve_ready", "1 while the server is SERVING", registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), looked up once: labels() takes a lock and builds a key on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_request(self, method: str, code: str, model: str, version: str, seconds: float) -> None:
+        self._child(self.requests, method, code, model, version).inc()
+        self._child(self.latency, method, model, version).observe(seconds)
+
+    def count_inputs(self, model: str, version: str, method: str, inputs: int, draws: int = 0) -> None:
+        self._child(self.inputs, method, model, version).inc(inputs)
+        if draws:
+            self._child(self.samples, model, version).inc(inputs * draws)
+
+    def observe_batch(self, model: str, version: str, kind: str, inputs: int) -> None:
+        self._child(self.batch_inputs, kind, model, version).observe(inputs)
+
+    def model_ready(self, name: str, version: str, provider: str, ready: bool) -> None:
+        if ready:
+            self.model.labels(name, version, provider).set(1)
+            return
+        with contextlib.suppress(KeyError):
+            self.model.remove(name, version, provider)
+
+    def track_in_flight(self, count: Callable[[], float]) -> None:
+        """The in-flight gauge reads `count` when scraped, so requests pay nothing for it."""
+        self.in_flight.set_function(count)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,1 @@
+"""vaeserve.api.v1.VaeService: the servicer and its named conversions."""

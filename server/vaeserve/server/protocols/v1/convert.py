@@ -1,0 +1,203 @@
+"""Named conversions between VaeService messages and the served model's protocol-free calls and results.
+
+`*_from_pb` decode a request's tensors (dtype, shape and byte checks of the codec) and fields into
+a call in raw units, with unset fields left None for the model's defaults; `*_to_pb` build replies.
+Pure functions: no limits, no defaults, no numbers computed here.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import numpy as np
+
+from vaeserve.api import codec
+from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.api.v1 import vae_pb2 as pb
+from vaeserve.server.boundary.interceptor import current_request
+from vaeserve.server.errors import InvalidArgument
+from vaeserve.server.repository.registry import Entry, ModelState
+from vaeserve.server.serving.calls import (
+    DecodeCall,
+    Decoded,
+    EncodeCall,
+    Encoded,
+    SampleCall,
+    Sampled,
+    ScoreCall,
+    Scored,
+)
+from vaeserve.server.serving.model import ServedModel
+
+__all__ = [
+    "decode_from_pb",
+    "decode_to_pb",
+    "encode_from_pb",
+    "encode_to_pb",
+    "header",
+    "model_info_to_pb",
+    "model_statuses_to_pb",
+    "sample_from_pb",
+    "sample_to_pb",
+    "score_from_pb",
+    "score_to_pb",
+]
+
+INPUT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64, np.uint8, np.int32, np.int64))
+LATENT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64))
+_LIKELIHOOD = {"bernoulli": pb.LIKELIHOOD_BERNOULLI, "gaussian": pb.LIKELIHOOD_GAUSSIAN}
+_STATE = {
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.UNLOADING: pb.MODEL_STATE_UNLOADING,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
+SERVER_VERSION = version("vaeserve-server")
+
+
+def header(model: ServedModel) -> pb.ReplyHeader:
+    return pb.ReplyHeader(
+        model_name=model.name,
+        model_version=model.version,
+        replica_id=model.replica_id,
+        request_id=current_request().request_id,
+    )
+
+
+def _inputs(request: pb.EncodeRequest | pb.ScoreRequest) -> np.ndarray:
+    if not request.HasField("x"):
+        raise InvalidArgument("x is missing: send a batch of inputs as a tensor")
+    return codec.from_proto(request.x, name="x", dtypes=INPUT_DTYPES)
+
+
+def _seed(request: pb.EncodeRequest | pb.DecodeRequest | pb.SampleRequest | pb.ScoreRequest) -> int | None:
+    return int(request.seed) if request.HasField("seed") else None
+
+
+def model_info_to_pb(model: ServedModel) -> pb.GetModelInfoResponse:
+    m, limits, defaults = model.manifest, model.limits, model.defaults
+    return pb.GetModelInfoResponse(
+        header=header(model),
+        input_shape=m.input_shape,
+        latent_dim=m.latent_dim,
+        likelihood=_LIKELIHOOD[m.likelihood],
+        manifest_json=m.model_dump_json(exclude_none=True),
+        execution_provider=model.engine.provider,
+        limits=pb.Limits(
+            max_batch=limits.max_batch,
+            max_k=limits.max_k,
+            max_samples=limits.max_samples,
+            max_in_flight=limits.max_in_flight,
+            max_message_bytes=limits.max_message_bytes,
+        ),
+        defaults=pb.Defaults(k=defaults.k, seed=defaults.seed, threshold_quantile=defaults.threshold_quantile),
+        server_version=SERVER_VERSION,
+    )
+
+
+def encode_from_pb(request: pb.EncodeRequest) -> EncodeCall:
+    return EncodeCall(
+        x=_inputs(request),
+        n_samples=int(request.n_samples),
+        seed=_seed(request),
+        resample=request.sampler == pb.POSTERIOR_SAMPLER_IMPORTANCE_RESAMPLED,
+        proposals=int(request.proposals) if request.HasField("proposals") else None,
+    )
+
+
+def encode_to_pb(model: ServedModel, encoded: Encoded) -> pb.EncodeResponse:
+    reply = pb.EncodeResponse(
+        header=header(model),
+        z_mean=codec.to_proto(encoded.z_mean),
+        z_logvar=codec.to_proto(encoded.z_logvar),
+        seed=encoded.seed,
+    )
+    if encoded.z_samples is not None:
+        reply.z_samples.CopyFrom(codec.to_proto(encoded.z_samples))
+    if encoded.ess is not None:
+        reply.ess.CopyFrom(codec.to_proto(encoded.ess))
+    return reply
+
+
+def decode_from_pb(request: pb.DecodeRequest) -> DecodeCall:
+    if not request.HasField("z"):
+        raise InvalidArgument("z is missing: send a batch of latent vectors as a tensor")
+    z = codec.from_proto(request.z, name="z", dtypes=LATENT_DTYPES)
+    return DecodeCall(z=z, sample=request.sample, seed=_seed(request))
+
+
+def _decoded_to_pb(decoded: Decoded) -> pb.Decoded:
+    message = pb.Decoded()
+    for name, value in decoded.params.items():
+        message.params[name].CopyFrom(codec.to_proto(value))
+    if decoded.x_sample is not None:
+        message.x_sample.CopyFrom(codec.to_proto(decoded.x_sample))
+    return message
+
+
+def decode_to_pb(model: ServedModel, decoded: Decoded) -> pb.DecodeResponse:
+    return pb.DecodeResponse(header=header(model), decoded=_decoded_to_pb(decoded), seed=decoded.seed)
+
+
+def sample_from_pb(request: pb.SampleRequest) -> SampleCall:
+    return SampleCall(n=int(request.n), seed=_seed(request), sample_x=request.sample_x)
+
+
+def sample_to_pb(model: ServedModel, sampled: Sampled) -> pb.SampleResponse:
+    return pb.SampleResponse(
+        header=header(model),
+        z=codec.to_proto(sampled.z),
+        decoded=_decoded_to_pb(sampled.decoded),
+        seed=sampled.decoded.seed,
+    )
+
+
+def score_from_pb(request: pb.ScoreRequest) -> ScoreCall:
+    return ScoreCall(
+        x=_inputs(request),
+        k=int(request.k) if request.HasField("k") else None,
+        seed=_seed(request),
+        prior_estimate=request.prior_estimate,
+        per_dim=request.per_dim,
+        reconstruction=request.reconstruction,
+        anomaly=not request.skip_anomaly,
+        threshold_quantile=request.threshold_quantile if request.HasField("threshold_quantile") else None,
+    )
+
+
+def score_to_pb(model: ServedModel, scored: Scored) -> pb.ScoreResponse:
+    result = scored.result
+    reply = pb.ScoreResponse(header=header(model), k=scored.options.k, seed=scored.seed)
+    for column in SCORE_COLUMNS:
+        value = result.columns.get(column.name)
+        if value is not None:
+            *parents, leaf = column.path
+            message = reply
+            for part in parents:
+                message = getattr(message, part)
+            getattr(message, leaf).CopyFrom(codec.to_proto(value))
+    if result.anomaly is not None:
+        a = result.anomaly
+        reply.anomaly.threshold = a.threshold
+        reply.anomaly.threshold_quantile = a.threshold_quantile
+        reply.anomaly.k = a.k
+        reply.anomaly.estimator = a.estimator
+    if result.per_dim is not None:
+        reply.per_dim.CopyFrom(codec.to_proto(result.per_dim))
+    if result.reconstruction is not None:
+        reply.reconstruction.CopyFrom(codec.to_proto(result.reconstruction))
+    return reply
+
+
+def model_statuses_to_pb(entries: list[Entry]) -> list[pb.ModelStatus]:
+    return [
+        pb.ModelStatus(
+            name=e.name,
+            version=e.version,
+            state=_STATE[e.state],
+            reason=e.reason,
+            path=str(e.path),
+            in_flight=e.in_flight,
+        )
+        for e in entries
+    ]

@@ -1,0 +1,1 @@
+"""The model repository: name -> versions -> served model; loading, swapping and retiring versions."""

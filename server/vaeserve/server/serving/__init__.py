@@ -1,0 +1,1 @@
+"""A served model: an engine with its limits, defaults and batching, on the process-wide executor."""

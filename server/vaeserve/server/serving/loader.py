@@ -1,0 +1,55 @@
+"""Loading one version: bundle -> checked engine with sessions, warmed up -> served model (on a thread)."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaeserve.server.boundary.metrics import Metrics
+from vaeserve.server.engine import Engine, NoiseCache, RuntimeConfig, load_bundle
+from vaeserve.server.repository.model_settings import ModelSettings
+from vaeserve.server.serving.model import ServedModel
+from vaeserve.server.settings import Settings
+
+__all__ = ["ModelLoader"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """What every model of a process shares: settings, the executor, the noise cache and the metrics."""
+
+    settings: Settings
+    executor: Executor
+    noise_cache: NoiseCache
+    metrics: Metrics | None = None
+
+    def __call__(self, name: str, version: str, path: Path, model_settings: ModelSettings) -> ServedModel:
+        settings = model_settings.over(self.settings)
+        bundle = load_bundle(path)
+        runtime = RuntimeConfig(
+            device=settings.device,
+            strict_device=settings.strict_device,
+            intra_op_threads=settings.intra_op_threads,
+            allow_spinning=settings.allow_spinning,
+        )
+        engine = Engine(bundle, runtime, chunk_samples=settings.chunk_samples, noise_cache=self.noise_cache)
+        engine.warm_up()
+        m = bundle.manifest
+        if m.name != name:
+            log.info("bundle %s names itself %s; served as %s", path, m.name, name)
+        log.info(
+            "model %s:%s loaded from %s: %s likelihood, input %s, latent %d, calibration %s; provider %s",
+            name,
+            version,
+            path,
+            m.likelihood,
+            m.input_shape,
+            m.latent_dim,
+            f"K={m.calibration.k} on {len(m.calibration.scores)} inputs" if m.calibration else "none",
+            engine.provider,
+        )
+        return ServedModel(engine, settings, self.executor, name=name, version=version, metrics=self.metrics)

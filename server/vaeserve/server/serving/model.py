@@ -1,0 +1,361 @@
+"""The served model: one version's engine plus what serving adds (limits, defaults, batching, deadlines).
+
+Protocols hand it protocol-free calls (`serving.calls`) in raw units; it checks them against
+its limits, fills in its defaults, prepares the inputs and runs the work. Engine calls are
+CPU-bound and release the GIL inside onnxruntime, so they run on the process-wide thread pool
+shared by every model; the event loop stays free for the network. A call's `check` is polled
+between chunks of work, so a passed deadline or a cancelled call stops it there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from vaeserve.api.manifest import Manifest
+from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.server.boundary.metrics import Metrics
+from vaeserve.server.engine import Engine, ScoreOptions, ScoreResult, no_check
+from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded
+from vaeserve.server.serving.batcher import DynamicBatcher
+from vaeserve.server.serving.calls import (
+    DecodeCall,
+    Decoded,
+    EncodeCall,
+    Encoded,
+    SampleCall,
+    Sampled,
+    ScoreCall,
+    Scored,
+)
+from vaeserve.server.settings import Settings
+
+__all__ = ["Defaults", "Limits", "ServedModel"]
+
+T = TypeVar("T")
+FALLBACK_K = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int
+    max_k: int
+    max_samples: int
+    max_in_flight: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class Defaults:
+    k: int
+    seed: int
+    threshold_quantile: float
+
+
+@dataclass(frozen=True)
+class _ScoreItem:
+    x: np.ndarray
+    seed: int
+    options: ScoreOptions
+    deadline: float | None
+
+
+class ServedModel:
+    """One version of one model. `settings` are the server's with the model's own file over them."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        executor: Executor,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.manifest: Manifest = engine.manifest
+        self.name = name or self.manifest.name
+        self.version = version or self.manifest.version
+        self.path: Path = engine.bundle.path
+        self.replica_id = settings.replica_id
+        calibration = self.manifest.calibration
+        self.limits = Limits(
+            settings.max_batch,
+            settings.max_k,
+            settings.max_samples,
+            settings.max_in_flight,
+            settings.max_message_mb << 20,
+        )
+        self.defaults = Defaults(
+            k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
+            seed=settings.default_seed,
+            threshold_quantile=settings.threshold_quantile,
+        )
+        self._executor = executor
+        self._batching = settings.batching
+        self._batch_max_k = settings.batch_max_k
+        self._inline_rows = settings.inline_rows
+        self._batchers: dict[str | tuple[str, ScoreOptions], DynamicBatcher[Any, Any]] = {}
+        self._batch_max_inputs = settings.batch_max_inputs
+        self._batch_max_delay_s = settings.batch_max_delay_ms / 1e3
+        self.metrics = metrics
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- requests in flight, so a retired version finishes its work before it closes -----------
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[ServedModel]:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # --- request checks ------------------------------------------------------------------------
+
+    def check_batch(self, n: int, what: str = "x") -> None:
+        if n > self.limits.max_batch:
+            raise LimitExceeded(
+                f"{what} has {n} inputs; max_batch is {self.limits.max_batch} (split the request, or use ScoreStream)"
+            )
+
+    def check_k(self, k: int, what: str = "k") -> None:
+        if k < 1:
+            raise InvalidArgument(f"{what} must be at least 1, got {k}")
+        if k > self.limits.max_k:
+            raise LimitExceeded(f"{what}={k} is above max_k={self.limits.max_k}")
+
+    def check_samples(self, n: int, what: str) -> None:
+        if n > self.limits.max_samples:
+            raise LimitExceeded(f"{what} asks for {n} latent draws; max_samples is {self.limits.max_samples}")
+
+    def check_reply(self, nbytes: int, what: str) -> None:
+        """Refuses, before any work, a request whose reply could not be sent."""
+        if nbytes > self.limits.max_message_bytes:
+            raise LimitExceeded(
+                f"{what} would make a reply of about {nbytes / 2**20:.0f} MB; the limit is "
+                f"{self.limits.max_message_bytes / 2**20:.0f} MB (max_message_mb): ask for fewer inputs at once"
+            )
+
+    def prepare(self, raw: np.ndarray) -> np.ndarray:
+        """Raw inputs as sent -> checked model-space float32 [B, D]."""
+        if raw.ndim >= 1:
+            self.check_batch(raw.shape[0])
+        return self.engine.prepare(raw)
+
+    def _seed(self, seed: int | None) -> int:
+        return self.defaults.seed if seed is None else seed
+
+    def _decoded_bytes(self, n: int, sample: bool) -> int:
+        """Bytes of decoded parameters: two float32 tensors (and a sample) per row, and some framing."""
+        return 4 * n * self.manifest.dim * (2 + int(sample)) + 4096
+
+    # --- the calls -----------------------------------------------------------------------------
+
+    async def encode(self, call: EncodeCall, deadline: float | None = None) -> Encoded:
+        x = self.prepare(call.x)
+        n, latent = call.n_samples, self.manifest.latent_dim
+        self.check_samples(n * len(x), f"{len(x)} inputs x n_samples={n}")
+        proposals = self.defaults.k if call.proposals is None else call.proposals
+        if call.resample:
+            if n < 1:
+                raise InvalidArgument("importance resampling needs n_samples >= 1")
+            self.check_k(proposals, "proposals")
+            self.check_samples(proposals * len(x) // 10, f"{len(x)} inputs x proposals={proposals} / 10")
+        self.check_reply(4 * len(x) * latent * (2 + n), f"{len(x)} inputs x n_samples={n}")
+        seed = self._seed(call.seed)
+        self._count("Encode", len(x))
+        if n == 0:
+            mean, logvar = await self._encode(x)
+            return Encoded(mean, logvar, None, None, seed)
+        engine = self.engine
+        mean, logvar, samples, ess = await self.call(
+            lambda check: engine.posterior_samples(
+                x, n, seed, resample=call.resample, proposals=proposals, check=check
+            ),
+            deadline=deadline,
+        )
+        return Encoded(mean, logvar, samples, ess, seed)
+
+    async def decode(self, call: DecodeCall) -> Decoded:
+        z = call.z
+        if z.ndim != 2 or z.shape[1] != self.manifest.latent_dim:
+            raise InvalidArgument(f"z has shape {tuple(z.shape)}; this model takes (N, {self.manifest.latent_dim})")
+        self.check_batch(len(z), "z")
+        self.check_reply(self._decoded_bytes(len(z), call.sample), f"decoding {len(z)} latents")
+        self._count("Decode", len(z))
+        return await self._decoded(np.asarray(z, dtype=np.float32), call.sample, self._seed(call.seed))
+
+    async def sample(self, call: SampleCall) -> Sampled:
+        if call.n < 1:
+            raise InvalidArgument("n must be at least 1")
+        self.check_samples(call.n, f"n={call.n}")
+        z_bytes = 4 * call.n * self.manifest.latent_dim
+        self.check_reply(self._decoded_bytes(call.n, call.sample_x) + z_bytes, f"n={call.n} samples")
+        seed = self._seed(call.seed)
+        self._count("Sample", call.n)
+        z = await self.call(lambda check: self.engine.noise.draws(seed, call.n), rows=call.n)
+        return Sampled(z, await self._decoded(z, call.sample_x, seed))
+
+    async def _decoded(self, z: np.ndarray, sample: bool, seed: int) -> Decoded:
+        params = await self._decode(z)
+        x_sample = None
+        if sample:
+            x_sample = await self.call(lambda check: self.engine.sample_x(params, seed), rows=len(z))
+        return Decoded(params, x_sample, seed)
+
+    async def score(self, call: ScoreCall, deadline: float | None = None) -> Scored:
+        k = self.defaults.k if call.k is None else call.k
+        self.check_k(k)
+        quantile = self.defaults.threshold_quantile if call.threshold_quantile is None else call.threshold_quantile
+        if not 0.0 <= quantile <= 1.0:
+            raise InvalidArgument(f"threshold_quantile must lie in [0, 1], got {quantile}")
+        x = self.prepare(call.x)
+        options = ScoreOptions(
+            k=k,
+            prior_estimate=call.prior_estimate,
+            per_dim=call.per_dim,
+            reconstruction=call.reconstruction,
+            anomaly=call.anomaly,
+            threshold_quantile=quantile,
+        )
+        per_input = 8 * (len(SCORE_COLUMNS) + 2) + self.manifest.dim * (8 * call.per_dim + 4 * call.reconstruction)
+        self.check_reply(len(x) * per_input, f"scoring {len(x)} inputs")
+        seed = self._seed(call.seed)
+        return Scored(await self._score(x, options, seed, deadline), options, seed)
+
+    # --- execution ------------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *, deadline: float | None = None, rows: int | None = None) -> T:
+        """Runs fn(check=...); check raises once the deadline passes or the call is cancelled.
+
+        Work of up to `inline_rows` rows (inputs x draws) runs right here on the event loop: it takes
+        less time than handing it to a thread and back. Larger work runs on the shared pool.
+        """
+        if rows is not None and rows <= self._inline_rows:
+            return fn(check=no_check)  # too short to be worth stopping
+        stop = threading.Event()
+
+        def check() -> None:
+            if stop.is_set():
+                raise Cancelled("the call was cancelled")
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("the deadline passed before the work was done")
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(check=check))
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    def _count(self, method: str, inputs: int, draws: int = 0) -> None:
+        if self.metrics:
+            self.metrics.count_inputs(self.name, self.version, method, inputs, draws)
+
+    async def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._batching:
+            return await self._batcher("encode", self._encode_many).submit(x, len(x))
+        return (await self._encode_many([x]))[0]
+
+    async def _decode(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        if self._batching:
+            return await self._batcher("decode", self._decode_many).submit(z, len(z))
+        return (await self._decode_many([z]))[0]
+
+    async def _score(self, x: np.ndarray, options: ScoreOptions, seed: int, deadline: float | None) -> ScoreResult:
+        calibration = self.manifest.calibration
+        cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
+        self._count("Score", len(x), options.k)
+        if self._batching and cost_k <= self._batch_max_k:
+            # One batcher per kind of work; the threshold is applied to each request's rows afterwards.
+            key = ("score", replace(options, threshold_quantile=0.0))
+            item = _ScoreItem(x, seed, options, deadline)
+            return await self._batcher(key, self._score_many).submit(item, len(x))
+        engine = self.engine
+        return await self.call(
+            lambda check: engine.score(x, options, seed, check), deadline=deadline, rows=len(x) * cost_k
+        )
+
+    def _batcher(
+        self, key: str | tuple[str, ScoreOptions], run: Callable[[list[Any]], Awaitable[list[Any]]]
+    ) -> DynamicBatcher[Any, Any]:
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            kind = key if isinstance(key, str) else key[0]
+            batcher = self._batchers[key] = DynamicBatcher(
+                run,
+                max_inputs=self._batch_max_inputs,
+                max_delay_s=self._batch_max_delay_s,
+                on_run=lambda inputs: self._observe_run(kind, inputs),
+            )
+        return batcher
+
+    def _observe_run(self, kind: str, inputs: int) -> None:
+        if self.metrics:
+            self.metrics.observe_batch(self.name, self.version, kind, inputs)
+
+    async def _encode_many(self, xs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        def run(check: Callable[[], None]) -> list[tuple[np.ndarray, np.ndarray]]:
+            mean, logvar = self.engine.encode(np.concatenate(xs) if len(xs) > 1 else xs[0])
+            return [(mean[s], logvar[s]) for s in _spans(xs)]
+
+        return await self.call(run, rows=sum(len(x) for x in xs))
+
+    async def _decode_many(self, zs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        def run(check: Callable[[], None]) -> list[dict[str, np.ndarray]]:
+            params = self.engine.decode(np.concatenate(zs) if len(zs) > 1 else zs[0])
+            return [{name: value[s] for name, value in params.items()} for s in _spans(zs)]
+
+        return await self.call(run, rows=sum(len(z) for z in zs))
+
+    async def _score_many(self, items: list[_ScoreItem]) -> list[ScoreResult]:
+        xs = [item.x for item in items]
+        options = items[0].options
+        calibration = self.manifest.calibration
+        cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
+
+        def run(check: Callable[[], None]) -> list[ScoreResult]:
+            seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
+            merged = self.engine.score(np.concatenate(xs), options, seeds, check)
+            parts = [merged.rows(s) for s in _spans(xs)]
+            for item, part in zip(items, parts):
+                if part.anomaly is not None:
+                    self.engine.flag(part, item.options.threshold_quantile)
+            return parts
+
+        # The merged run may stop at the last of its callers' deadlines (never, if one has none).
+        deadlines = [item.deadline for item in items]
+        deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
+        return await self.call(run, deadline=deadline, rows=sum(len(x) for x in xs) * cost_k)
+
+    async def close(self) -> None:
+        """Stops the batchers; the sessions go with the last reference (the executor is the process's)."""
+        for batcher in self._batchers.values():
+            await batcher.close()
+
+
+def _spans(parts: list[np.ndarray]) -> list[slice]:
+    spans, start = [], 0
+    for part in parts:
+        spans.append(slice(start, start + len(part)))
+        start += len(part)
+    return spans
