@@ -36,7 +36,11 @@ class RunningServer:
         self._thread.start()
         self.app: App = self.run(create_server(settings))
         if load:
-            self.run(self.app.load())
+            try:
+                self.run(self.app.start(settings.repository_poll_s))
+            except BaseException:
+                self.stop()
+                raise
 
     @property
     def address(self) -> str:

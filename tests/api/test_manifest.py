@@ -73,3 +73,12 @@ def test_calibration_percentiles_and_thresholds() -> None:
         cal.threshold(1.5)
     with pytest.raises(ValidationError, match="sorted"):
         Calibration(k=10, seed=0, dataset="d", scores=[2.0, 1.0])
+
+
+def test_a_bundle_without_preprocessing_gets_the_identity() -> None:
+    """Bundles written by other frameworks may leave preprocessing out: raw inputs are model inputs."""
+    data = manifest()
+    del data["preprocessing"]
+    m = Manifest.model_validate(data)
+    assert m.preprocessing == Preprocessing.identity()
+    np.testing.assert_array_equal(m.preprocessing.apply(np.array([[0.0, 0.5, 1.0, 0.25]])), [[0.0, 0.5, 1.0, 0.25]])

@@ -11,9 +11,10 @@ import pytest
 
 from tests.bundles import Encoder, LinearGaussian, write_bundle
 from vaeserve.api.manifest import MANIFEST_FILE
-from vaeserve.server.engine.bundle import BundleError, load_bundle, sha256_of
+from vaeserve.server.engine.bundle import BundleError, load_bundle, publish_bundle, sha256_of, staging_dir
 from vaeserve.server.engine.engine import Engine
 from vaeserve.server.engine.runtime import RuntimeConfig
+from vaeserve.server.repository.model_settings import VersionPolicy
 
 
 @pytest.fixture
@@ -130,3 +131,34 @@ def test_older_opset_graphs_are_composed(tmp_path: Path, lg: LinearGaussian) -> 
         model.opset_import.append(onnx.helper.make_opsetid("", 13))
     engine = Engine(bundle, RuntimeConfig(device="cpu"))
     engine.warm_up()
+
+
+def test_publishing_replaces_a_bundle_whole(bundle: Path, tmp_path: Path, lg: LinearGaussian) -> None:
+    dest = tmp_path / "repo" / "m" / "1"
+    staging = staging_dir(dest)
+    assert staging.parent == dest.parent and staging.name.startswith(".1.staging-")
+    write_bundle(staging, lg, Encoder(shrink=0.5))
+    first = publish_bundle(staging, dest)
+    assert first.path == dest and not staging.exists()
+    again = staging_dir(dest)
+    write_bundle(again, lg, Encoder())
+    publish_bundle(again, dest)
+    assert load_bundle(dest).manifest.sha256 == load_bundle(bundle).manifest.sha256  # the second one, whole
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["1"]  # nothing left aside
+    broken = staging_dir(dest)
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        publish_bundle(broken, dest)  # an incomplete bundle is never published
+    assert load_bundle(dest).manifest.sha256 == load_bundle(bundle).manifest.sha256
+
+
+@pytest.mark.parametrize(
+    ("policy", "selected"),
+    [({}, [5]), ({"latest": 2}, [5, 3]), ({"all": True}, [5, 3, 1]), ({"specific": [1, 4]}, [1])],
+)
+def test_version_policies(policy: dict[str, object], selected: list[int]) -> None:
+    assert VersionPolicy.model_validate(policy).select([1, 5, 3]) == selected
+
+
+def test_a_version_policy_is_one_of_three() -> None:
+    with pytest.raises(ValueError, match="give one of latest, all or specific"):
+        VersionPolicy.model_validate({"latest": 1, "all": True})

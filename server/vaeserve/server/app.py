@@ -62,8 +62,11 @@ class App:
             )
         await self.update_health()
 
-    def start_polling(self, interval_s: float) -> None:
-        self._poller = asyncio.get_running_loop().create_task(self.registry.poll(interval_s), name="vaeserve-poll")
+    async def start(self, poll_s: float | None = None) -> None:
+        """Loads the models, then (given an interval) keeps polling the repository for changes."""
+        await self.load()
+        if poll_s is not None:
+            self._poller = asyncio.get_running_loop().create_task(self.registry.poll(poll_s), name="vaeserve-poll")
 
     def changed(self) -> None:
         """The registry's callback: health and the model metrics follow its state."""
@@ -169,14 +172,13 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await app.load()
+        await app.start(settings.repository_poll_s)
     except BaseException:
         await app.stop(0)
         raise
     ready = ", ".join(f"{e.name}:{e.version}" for e in app.registry.entries() if e.state is ModelState.READY)
-    log.info("SERVING %s as replica %s (%s)", ready, settings.replica_id, app.registry.source.describe())
-    if settings.repository_poll_s is not None:
-        app.start_polling(settings.repository_poll_s)
+    polling = f", polled every {settings.repository_poll_s:g} s" if settings.repository_poll_s else ""
+    log.info("SERVING %s as replica %s (%s%s)", ready, settings.replica_id, app.registry.source.describe(), polling)
     await stop.wait()
     log.info("shutting down: NOT_SERVING, draining requests in flight (grace %.0f s)", settings.grace_s)
     await app.stop(settings.grace_s)

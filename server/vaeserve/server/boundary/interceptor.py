@@ -84,7 +84,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
 
 
-class Boundary(grpc.aio.ServerInterceptor[Any, Any]):
+_Interceptor: Any = grpc.aio.ServerInterceptor  # generic in grpc-stubs only, not at run time
+
+
+class Boundary(_Interceptor):
     def __init__(self, max_in_flight: int, log_requests: bool = True, metrics: Metrics | None = None) -> None:
         self.max_in_flight = max_in_flight
         self.log_requests = log_requests

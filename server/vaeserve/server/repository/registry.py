@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaeserve.server.boundary.interceptor import current_request
+from vaeserve.server.engine import BundleError, ProviderUnavailable
 from vaeserve.server.errors import InvalidArgument, ModelNotFound, NotReady
 from vaeserve.server.repository.model_settings import ModelSettings
 from vaeserve.server.repository.source import ModelDir, Source, VersionDir
@@ -79,6 +80,7 @@ class ModelRegistry:
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._unloaded: set[tuple[str, str]] = set()  # (name, version or "") unloaded by hand: polls leave them
+        self._settings_errors: dict[str, str] = {}  # logged once per model and error
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -173,6 +175,10 @@ class ModelRegistry:
 
     async def _sync_model(self, name: str, model_dir: ModelDir | None, retry_failed: bool) -> None:
         entries = self._models.setdefault(name, {})
+        if model_dir is not None and model_dir.settings_error:
+            self._settings_failed(entries, model_dir)
+            return
+        self._settings_errors.pop(name, None)
         wanted = [v for v in (model_dir.selected if model_dir else ()) if (name, v) not in self._unloaded]
         for version in wanted:
             assert model_dir is not None
@@ -182,12 +188,34 @@ class ModelRegistry:
             if unchanged and not (retry_failed and entry is not None and entry.state is ModelState.FAILED):
                 continue
             await self._load(entries, model_dir, vdir)
-        for version, entry in list(entries.items()):
-            if version not in wanted:
-                del entries[version]
-                self._retire(entry)
+        # A wanted version that failed keeps the version serving before it in place (newest first).
+        missing = sum(1 for v in wanted if entries[v].state is not ModelState.READY)
+        for version in sorted(entries, key=version_key, reverse=True):
+            if version in wanted:
+                continue
+            entry = entries[version]
+            if missing and entry.state is ModelState.READY:
+                missing -= 1
+                entry.reason = "kept serving: a version the policy asks for is not ready"
+                continue
+            del entries[version]
+            self._retire(entry)
         if not entries:
             del self._models[name]
+        self.on_change()
+
+    def _settings_failed(self, entries: dict[str, Entry], model_dir: ModelDir) -> None:
+        """A model.toml that cannot be used changes nothing: what serves keeps serving as configured before."""
+        error = model_dir.settings_error or ""
+        if self._settings_errors.get(model_dir.name) != error:
+            log.error("model %s: %s", model_dir.name, error)
+            self._settings_errors[model_dir.name] = error
+        if not entries:
+            for version in model_dir.selected:
+                vdir = model_dir.versions[version]
+                entries[version] = Entry(model_dir.name, version, vdir.path, ModelState.FAILED, "", error)
+        for entry in entries.values():
+            entry.reason = error if entry.state is ModelState.FAILED else f"{error}; serving as configured before"
         self.on_change()
 
     async def _load(self, entries: dict[str, Entry], model_dir: ModelDir, vdir: VersionDir) -> None:
@@ -198,13 +226,12 @@ class ModelRegistry:
             entries[version] = Entry(name, version, vdir.path, ModelState.LOADING, vdir.fingerprint)
             self.on_change()
         try:
-            if model_dir.settings_error:
-                raise ValueError(model_dir.settings_error)
             log.info("loading %s:%s from %s", name, version, vdir.path)
             model = await asyncio.to_thread(self._loader, name, version, vdir.path, model_dir.settings)
         except Exception as exc:  # a bundle can fail in many ways; each is reported, none stops the server
             reason = str(exc) or type(exc).__name__
-            log.error("model %s:%s failed to load: %s", name, version, reason, exc_info=not isinstance(exc, ValueError))
+            expected = isinstance(exc, (BundleError, ProviderUnavailable, ValueError, OSError))
+            log.error("model %s:%s failed to load: %s", name, version, reason, exc_info=not expected)
             if serving is not None:
                 serving.fingerprint = vdir.fingerprint  # not tried again until it changes again
                 serving.reason = f"a changed bundle failed to load; serving the one loaded before: {reason}"
@@ -212,6 +239,8 @@ class ModelRegistry:
                 entries[version] = Entry(name, version, vdir.path, ModelState.FAILED, vdir.fingerprint, reason)
             return
         entries[version] = Entry(name, version, vdir.path, ModelState.READY, vdir.fingerprint, model=model)
+        for other in entries.values():
+            other.reason = "" if other.state is ModelState.READY else other.reason
         log.info("model %s:%s READY (%s)", name, version, model.engine.provider)
         if serving is not None:
             self._retire(serving)

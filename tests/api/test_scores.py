@@ -1,0 +1,36 @@
+"""The score columns are declared once: the table and the ScoreResponse message agree field by field."""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from vaeserve.api.scores import SCORE_COLUMNS, columns_of
+from vaeserve.api.v1 import vae_pb2 as pb
+
+# Per-input tensors of ScoreResponse that are not [B] columns: per-dimension maps.
+NOT_COLUMNS = {("per_dim",), ("reconstruction",)}
+
+
+def _tensor_paths(message: Descriptor, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    paths: set[tuple[str, ...]] = set()
+    for field in message.fields:
+        if field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
+            continue
+        if field.message_type is pb.Tensor.DESCRIPTOR:
+            paths.add((*prefix, field.name))
+        elif field.message_type is not pb.ReplyHeader.DESCRIPTOR:
+            paths |= _tensor_paths(field.message_type, (*prefix, field.name))
+    return paths
+
+
+def test_every_tensor_of_the_reply_is_a_declared_column_and_back() -> None:
+    declared = {c.path for c in SCORE_COLUMNS}
+    assert declared == _tensor_paths(pb.ScoreResponse.DESCRIPTOR) - NOT_COLUMNS
+    assert len({c.name for c in SCORE_COLUMNS}) == len(SCORE_COLUMNS)
+
+
+def test_groups() -> None:
+    assert [c.name for c in columns_of("prior")] == ["prior_log_px", "prior_log_px_se", "prior_ess"]
+    assert {c.name for c in columns_of("anomaly")} == {"anomaly_score", "percentile", "is_anomaly"}
+    assert {c.dtype for c in SCORE_COLUMNS} == {"float64", "bool"}
+    assert [c.name for c in SCORE_COLUMNS if c.dtype == "bool"] == ["is_anomaly"]
