@@ -40,10 +40,11 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p vaeserve.api -p vaeserve.server -p vaeserve.client -p vaeserve.training -p bench
 
-# Regenerate the gRPC stubs after editing proto/vaeserve/api/v1/vae.proto (a test checks they are current).
+# Regenerate the gRPC stubs after editing a .proto under proto/vaeserve/api (a test checks they are current).
+PROTOS := vaeserve/api/v1/vae.proto vaeserve/api/v2/grpc_predict_v2.proto
 proto: $(DEV_STAMP)
 	cd proto && PATH="$(abspath $(VENV))/bin:$$PATH" python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
-		--mypy_out=. --mypy_grpc_out=. vaeserve/api/v1/vae.proto
+		--mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
 # Retrain the bundled models (the commands documented in the README).
 models: $(DEV_STAMP)
@@ -65,4 +66,4 @@ test-compose: $(DEV_STAMP)
 	$(VENV)/bin/python -m pytest -m compose tests/compose $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(SERVER_VENV) .pytest_cache .wheels
+	rm -rf $(VENV) $(SERVER_VENV) .venv-tritonclient .pytest_cache .wheels

@@ -11,10 +11,11 @@ import pytest
 
 from tests.conftest import REPO
 
-GENERATED = ["vae_pb2.py", "vae_pb2.pyi", "vae_pb2_grpc.py", "vae_pb2_grpc.pyi"]
+PROTOS = {"vaeserve/api/v1": "vae", "vaeserve/api/v2": "grpc_predict_v2"}
 
 
-def test_regenerating_the_stubs_changes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("package", "stem"), PROTOS.items())
+def test_regenerating_the_stubs_changes_nothing(tmp_path: Path, package: str, stem: str) -> None:
     pytest.importorskip("grpc_tools")
     proto = REPO / "proto"
     subprocess.run(
@@ -28,12 +29,12 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path: Path) -> None:
             f"--grpc_python_out={tmp_path}",
             f"--mypy_out={tmp_path}",
             f"--mypy_grpc_out={tmp_path}",
-            str(proto / "vaeserve/api/v1/vae.proto"),
+            str(proto / package / f"{stem}.proto"),
         ],
         check=True,
         capture_output=True,
         env={"PATH": str(Path(sys.executable).parent)},
     )
-    for name in GENERATED:
-        fresh, committed = tmp_path / "vaeserve/api/v1" / name, proto / "vaeserve/api/v1" / name
+    for name in (f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py", f"{stem}_pb2_grpc.pyi"):
+        fresh, committed = tmp_path / package / name, proto / package / name
         assert filecmp.cmp(fresh, committed, shallow=False), f"{committed} is stale: run `make proto`"

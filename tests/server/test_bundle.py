@@ -146,7 +146,7 @@ def test_publishing_replaces_a_bundle_whole(bundle: Path, tmp_path: Path, lg: Li
     assert load_bundle(dest).manifest.sha256 == load_bundle(bundle).manifest.sha256  # the second one, whole
     assert sorted(p.name for p in dest.parent.iterdir()) == ["1"]  # nothing left aside
     broken = staging_dir(dest)
-    with pytest.raises(BundleError, match="manifest.json: missing"):
+    with pytest.raises(BundleError, match=r"manifest\.json: missing"):
         publish_bundle(broken, dest)  # an incomplete bundle is never published
     assert load_bundle(dest).manifest.sha256 == load_bundle(bundle).manifest.sha256
 

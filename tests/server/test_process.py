@@ -104,7 +104,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
     assert server.proc.wait(30) == 0
     log = "".join(server.lines)
     assert "shutting down" in log and "stopped" in log
-    assert re.search(r"method=Score id=[\w-]+ model=linear-gaussian:1 status=OK in_bytes=\d+ out_bytes=\d+ ms=\d", log)
+    assert re.search(
+        r"protocol=v1 method=Score id=[\w-]+ model=linear-gaussian:1 status=OK in_bytes=\d+ out_bytes=\d+ ms=\d", log
+    )
 
 
 def test_a_broken_bundle_stops_the_server_with_a_clear_message(spawn: type[ServerProcess], tmp_path: Path) -> None:

@@ -431,8 +431,9 @@ def test_prometheus_metrics(serve: Callable[..., RunningServer], worse_bundle: P
             stub.Score(pb.ScoreRequest(x=t(lg.sample(1)), k=0))
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     lg_1 = 'model="linear-gaussian",version="1"'
-    assert f'vaeserve_requests_total{{code="OK",method="Score",{lg_1}}} 2.0' in text
-    assert f'vaeserve_requests_total{{code="INVALID_ARGUMENT",method="Score",{lg_1}}} 1.0' in text
+    v1_score = 'model="linear-gaussian",protocol="v1",version="1"'  # labels come out sorted by name
+    assert f'vaeserve_requests_total{{code="OK",method="Score",{v1_score}}} 2.0' in text
+    assert f'vaeserve_requests_total{{code="INVALID_ARGUMENT",method="Score",{v1_score}}} 1.0' in text
     assert f'vaeserve_inputs_total{{method="Score",{lg_1}}} 6.0' in text
     assert f"vaeserve_importance_samples_total{{{lg_1}}} 120.0" in text
     assert 'vaeserve_model_info{name="linear-gaussian",provider="CPUExecutionProvider",version="1"} 1.0' in text

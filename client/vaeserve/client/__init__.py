@@ -5,6 +5,7 @@
     with Client("localhost:50051") as client:
         info = client.info()
         scores = client.score(images, k=1000)   # per input: ELBO, log p(x) +- se, ESS, anomaly percentile
+        client.load_model("digits")             # a model repository's new versions in, old ones out
 
 Errors are raised as `VaeServeError` subclasses that keep the server's status code and message.
 """
@@ -23,7 +24,7 @@ from vaeserve.client._errors import (
     UnavailableError,
     VaeServeError,
 )
-from vaeserve.client._results import Decoded, Encoded, InputScore, ModelInfo, Sampled, Scores, ServedBy
+from vaeserve.client._results import Decoded, Encoded, InputScore, ModelInfo, ModelStatus, Sampled, Scores, ServedBy
 
 __all__ = [
     "AsyncClient",
@@ -36,6 +37,7 @@ __all__ = [
     "InputScore",
     "InvalidArgumentError",
     "ModelInfo",
+    "ModelStatus",
     "NotFoundError",
     "ResourceExhaustedError",
     "Sampled",

@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import ClientBase, StreamRequests
+from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
-from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
+from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, concat
 
 __all__ = ["AsyncClient"]
 
@@ -61,6 +61,18 @@ class AsyncClient(ClientBase):
     async def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         reply = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    async def list_models(self, name: str | None = None) -> list[ModelStatus]:
+        reply = await self._call(self._stub.ListModels, pb.ListModelsRequest(name=name or ""))
+        return cv.model_statuses(reply.models)
+
+    async def load_model(self, name: str, *, timeout: float = LOAD_TIMEOUT_S) -> list[ModelStatus]:
+        reply = await self._call(self._stub.LoadModel, pb.LoadModelRequest(name=name), timeout)
+        return cv.model_statuses(reply.models)
+
+    async def unload_model(self, name: str, version: str | None = None) -> list[ModelStatus]:
+        reply = await self._call(self._stub.UnloadModel, pb.UnloadModelRequest(name=name, version=version or ""))
+        return cv.model_statuses(reply.models)
 
     async def encode(
         self,

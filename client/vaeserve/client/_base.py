@@ -13,7 +13,11 @@ from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.client import _convert as cv
 from vaeserve.client._channel import ChannelConfig, TlsConfig
 
-__all__ = ["ClientBase", "StreamRequests", "batches"]
+__all__ = ["LOAD_TIMEOUT_S", "ClientBase", "StreamRequests", "batches"]
+
+# LoadModel returns once the bundle is loaded, checked and warmed up: minutes for a large model
+# on a busy server, well past a deadline sized for inference calls.
+LOAD_TIMEOUT_S = 600.0
 
 
 def batches(n: int, size: int) -> list[slice]:

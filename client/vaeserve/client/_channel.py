@@ -2,7 +2,8 @@
 
 Retries are gRPC's own (a service config retry policy): calls answered UNAVAILABLE are
 retried with exponential backoff. Every vaeserve RPC is a pure function of its request,
-so retrying is safe.
+or (LoadModel, UnloadModel) asks for a state that a repeat leaves as it is, so retrying is
+safe (a repeated UnloadModel may answer NOT_FOUND: the first one did the work).
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import ClientBase, StreamRequests
+from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
-from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, concat
+from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, concat
 
 __all__ = ["Client"]
 
@@ -89,6 +89,27 @@ class Client(ClientBase):
         """The standard gRPC health status name: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN."""
         reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def list_models(self, name: str | None = None) -> list[ModelStatus]:
+        """Every model and version the server knows (or only `name`'s), by name, newest version first."""
+        return cv.model_statuses(self._call(self._stub.ListModels, pb.ListModelsRequest(name=name or "")).models)
+
+    def load_model(self, name: str, *, timeout: float = LOAD_TIMEOUT_S) -> list[ModelStatus]:
+        """Loads `name` from the server's repository by its version policy (new and changed versions loaded
+        and warmed up, then swapped in; the others retired) and returns its versions once that is done.
+
+        A version that fails to load is reported FAILED in the list, not raised. `timeout` is this
+        call's deadline, apart from the client's: loading and warm-up can take minutes.
+        """
+        reply = self._call(self._stub.LoadModel, pb.LoadModelRequest(name=name), timeout)
+        return cv.model_statuses(reply.models)
+
+    def unload_model(self, name: str, version: str | None = None) -> list[ModelStatus]:
+        """Retires `name` (or only its `version`) and returns what is left of it, once the retired versions
+        have finished their requests in flight (up to the server's grace time; the client's timeout applies).
+        Polling the repository does not bring it back; `load_model` does."""
+        reply = self._call(self._stub.UnloadModel, pb.UnloadModelRequest(name=name, version=version or ""))
+        return cv.model_statuses(reply.models)
 
     def wait_until_serving(self, timeout: float = 60.0, poll_s: float = 0.1) -> None:
         """Returns once the server's health check says SERVING; UnavailableError after `timeout` seconds."""

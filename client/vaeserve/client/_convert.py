@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import Message
 
 from vaeserve.api import codec
 from vaeserve.api.manifest import Manifest
+from vaeserve.api.scores import SCORE_COLUMNS, ScoreColumn
 from vaeserve.api.v1 import vae_pb2 as pb
-from vaeserve.client._results import Decoded, Encoded, ModelInfo, Sampled, Scores, ServedBy
+from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, ServedBy
 
 _LIKELIHOOD = {pb.LIKELIHOOD_BERNOULLI: "bernoulli", pb.LIKELIHOOD_GAUSSIAN: "gaussian"}
 
@@ -139,35 +144,51 @@ def score_request(
     return request
 
 
+def _column(reply: pb.ScoreResponse, column: ScoreColumn) -> np.ndarray | None:
+    """A column's array, following its path into the reply; None where a message on the way is absent."""
+    message: Message = reply
+    for part in column.path:
+        if not message.HasField(part):
+            return None
+        message = getattr(message, part)
+    assert isinstance(message, pb.Tensor)
+    return codec.from_proto(message, name=column.name)
+
+
 def scores(reply: pb.ScoreResponse) -> Scores:
-    t = codec.from_proto
-    has_prior = reply.HasField("prior_log_px")
+    columns: dict[str, Any] = {c.name: _column(reply, c) for c in SCORE_COLUMNS}
     has_anomaly = reply.HasField("anomaly")
     a = reply.anomaly
     return Scores(
         k=reply.k,
         seed=reply.seed,
-        elbo=t(reply.elbo),
-        elbo_se=t(reply.elbo_se),
-        reconstruction_term=t(reply.reconstruction_term),
-        kl=t(reply.kl),
-        expected_log_joint=t(reply.expected_log_joint),
-        entropy=t(reply.entropy),
-        log_px=t(reply.log_px),
-        log_px_se=t(reply.log_px_se),
-        ess=t(reply.ess),
-        bits_per_dim=t(reply.bits_per_dim),
-        gap=t(reply.gap),
-        gap_se=t(reply.gap_se),
-        prior_log_px=t(reply.prior_log_px) if has_prior else None,
-        prior_log_px_se=t(reply.prior_log_px_se) if has_prior else None,
-        prior_ess=t(reply.prior_ess) if has_prior else None,
-        anomaly_score=t(a.score) if has_anomaly else None,
-        percentile=t(a.percentile) if has_anomaly else None,
-        is_anomaly=t(a.is_anomaly) if has_anomaly else None,
+        **columns,
         threshold=a.threshold if has_anomaly else None,
         anomaly_k=a.k if has_anomaly else None,
         per_dim=_opt(reply.per_dim, reply.HasField("per_dim")),
         reconstruction=_opt(reply.reconstruction, reply.HasField("reconstruction")),
         served_by=served_by(reply.header),
     )
+
+
+# By name rather than ModelState.Name(): a state added to a newer server is shown, not raised.
+_STATE = {
+    pb.MODEL_STATE_LOADING: "LOADING",
+    pb.MODEL_STATE_READY: "READY",
+    pb.MODEL_STATE_UNLOADING: "UNLOADING",
+    pb.MODEL_STATE_FAILED: "FAILED",
+}
+
+
+def model_statuses(models: Iterable[pb.ModelStatus]) -> list[ModelStatus]:
+    return [
+        ModelStatus(
+            name=m.name,
+            version=m.version,
+            state=_STATE.get(m.state, f"UNKNOWN ({m.state})"),
+            reason=m.reason,
+            path=m.path,
+            in_flight=m.in_flight,
+        )
+        for m in models
+    ]

@@ -9,8 +9,9 @@ from typing import TypeVar
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
+from vaeserve.api.scores import SCORE_COLUMNS
 
-__all__ = ["Decoded", "Encoded", "InputScore", "ModelInfo", "Sampled", "Scores", "ServedBy", "concat"]
+__all__ = ["Decoded", "Encoded", "InputScore", "ModelInfo", "ModelStatus", "Sampled", "Scores", "ServedBy", "concat"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,18 @@ class ModelInfo:
     defaults: dict[str, float]
     server_version: str
     served_by: ServedBy
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One version of a model the server knows (ListModels, LoadModel, UnloadModel)."""
+
+    name: str
+    version: str
+    state: str  # LOADING, READY, UNLOADING (finishing its requests in flight) or FAILED
+    reason: str  # why it FAILED, or why it is kept serving; empty otherwise
+    path: str  # the bundle directory, on the server's file system
+    in_flight: int  # requests it is working on
 
 
 @dataclass(frozen=True)
@@ -81,34 +94,17 @@ class InputScore:
     is_anomaly: bool | None
 
 
-# Per-input columns of Scores, in the order the CSV writer uses.
-COLUMNS = (
-    "elbo",
-    "elbo_se",
-    "reconstruction_term",
-    "kl",
-    "expected_log_joint",
-    "entropy",
-    "log_px",
-    "log_px_se",
-    "ess",
-    "bits_per_dim",
-    "gap",
-    "gap_se",
-    "prior_log_px",
-    "prior_log_px_se",
-    "prior_ess",
-    "anomaly_score",
-    "percentile",
-    "is_anomaly",
-)
+# Per-input columns of Scores, in the order of the one table (the CSV writer's order too).
+COLUMNS = tuple(c.name for c in SCORE_COLUMNS)
 
 
 @dataclass(frozen=True)
 class Scores:
     """Score results for a batch: one array per quantity (float64 [B]), in input order.
 
-    Index it for one input's `InputScore`; optional quantities are None when not asked for.
+    The per-input arrays are the columns of `vaeserve.api.scores.SCORE_COLUMNS` (a test checks
+    that every column is a field here). Index it for one input's `InputScore`; optional
+    quantities are None when not asked for.
     """
 
     k: int

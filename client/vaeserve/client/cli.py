@@ -16,6 +16,8 @@ import numpy as np
 from vaeserve.client._channel import TlsConfig
 from vaeserve.client._client import Client
 from vaeserve.client._errors import VaeServeError
+from vaeserve.client._models_cli import COMMANDS as MODEL_COMMANDS
+from vaeserve.client._models_cli import add_commands as add_model_commands
 from vaeserve.client._results import ModelInfo, Scores, concat
 from vaeserve.client.files import DataFileError, read_array
 from vaeserve.client.images import anomaly_panel, save_grid
@@ -34,13 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
     p.add_argument("--tls-server-name", help="name expected in the server certificate")
     sub = p.add_subparsers(dest="command", required=True)
+    # What a request asks for: a server with a model repository serves several models and versions.
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", metavar="NAME", help="the model to use (default: the server's default model)")
+    model.add_argument("--model-version", metavar="V", help="that model's version (default: its newest ready one)")
 
-    info = sub.add_parser("info", help="the served model's metadata")
+    info = sub.add_parser("info", parents=[model], help="the served model's metadata")
     info.add_argument("--json", action="store_true", help="print the manifest and serving info as JSON")
 
     sub.add_parser("health", help="standard gRPC health check; exit status 0 only when SERVING")
+    add_model_commands(sub)
 
-    enc = sub.add_parser("encode", help="posterior mean and log-variance of each input -> .npy files")
+    enc = sub.add_parser("encode", parents=[model], help="posterior mean and log-variance of each input -> .npy files")
     enc.add_argument("file", type=Path, help="inputs in raw units: .npy, .csv or MNIST IDX")
     enc.add_argument("--out", help="output prefix (default: FILE's stem + '_z'); writes PREFIX_mean.npy ...")
     enc.add_argument("--samples", type=int, default=0, help="also draw this many z per input")
@@ -48,21 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--seed", type=int)
     enc.add_argument("--label-column", help="CSV column to drop (labels)")
 
-    dec = sub.add_parser("decode", help="latents -> parameters of p(x|z) as .npy files (and a PNG for images)")
+    dec = sub.add_parser(
+        "decode", parents=[model], help="latents -> parameters of p(x|z) as .npy files (and a PNG for images)"
+    )
     dec.add_argument("file", type=Path, help="latents [N, L] as .npy or .csv")
     dec.add_argument("--out", help="output prefix (default: FILE's stem + '_x'); writes PREFIX_<param>.npy")
     dec.add_argument("--sample", action="store_true", help="also draw x ~ p(x|z)")
     dec.add_argument("--seed", type=int)
     dec.add_argument("--png", type=Path, help="picture of the decoded means (image models)")
 
-    smp = sub.add_parser("sample", help="z ~ N(0, I), decoded")
+    smp = sub.add_parser("sample", parents=[model], help="z ~ N(0, I), decoded")
     smp.add_argument("-n", type=int, default=64)
     smp.add_argument("--seed", type=int)
     smp.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing its mean")
     smp.add_argument("--png", type=Path, help="grid picture (image models)")
     smp.add_argument("--out", type=Path, help="samples in raw units as .npy or .csv")
 
-    sc = sub.add_parser("score", help="ELBO, log p(x) +- se, ESS and anomaly percentile per input")
+    sc = sub.add_parser("score", parents=[model], help="ELBO, log p(x) +- se, ESS and anomaly percentile per input")
     sc.add_argument("file", type=Path, help="inputs in raw units: .npy, .csv or MNIST IDX")
     sc.add_argument("--k", type=int, help="importance samples per input (default: the server's)")
     sc.add_argument("--seed", type=int)
@@ -73,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--label-column", help="CSV column to drop (labels)")
     sc.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    ex = sub.add_parser("explain", help="input, reconstruction and per-pixel anomaly map per input (images)")
+    ex = sub.add_parser(
+        "explain", parents=[model], help="input, reconstruction and per-pixel anomaly map per input (images)"
+    )
     ex.add_argument("file", type=Path)
     ex.add_argument("--png", type=Path, required=True)
     ex.add_argument("--rows", type=int, default=8, help="how many inputs (from --start)")
@@ -89,6 +100,8 @@ def _client(args: argparse.Namespace, **kw: Any) -> Client:
         tls = TlsConfig(
             ca_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, server_name=args.tls_server_name
         )
+    kw.setdefault("model", getattr(args, "model", None))  # only the commands that send requests to a model
+    kw.setdefault("version", getattr(args, "model_version", None))
     return Client(args.target, timeout=args.timeout, tls=tls, round_robin=args.round_robin, **kw)
 
 
@@ -338,6 +351,9 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in MODEL_COMMANDS:
+            with _client(args) as client:
+                return MODEL_COMMANDS[args.command](args, client)
         return _COMMANDS[args.command](args)
     except VaeServeError as exc:
         print(f"vaeserve: {exc}", file=sys.stderr)

@@ -24,10 +24,15 @@ class ScoreColumn:
     # estimate: in every reply; prior: with prior_estimate; anomaly: unless skip_anomaly (and calibrated)
     group: Group = "estimate"
     field: str = ""  # its path in ScoreResponse, when not the name itself
+    v2: str = ""  # its output name in the Open Inference Protocol, when not the name itself
 
     @property
     def path(self) -> tuple[str, ...]:
         return tuple((self.field or self.name).split("."))
+
+    @property
+    def v2_name(self) -> str:
+        return self.v2 or self.name
 
 
 SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
@@ -50,7 +55,12 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
         "anomaly_score", "float64", "-log p(x) with the calibration's estimator and K", "anomaly", "anomaly.score"
     ),
     ScoreColumn(
-        "percentile", "float64", "percent of calibration scores at or below the score", "anomaly", "anomaly.percentile"
+        "percentile",
+        "float64",
+        "percent of calibration scores at or below the score",
+        "anomaly",
+        "anomaly.percentile",
+        "anomaly_percentile",
     ),
     ScoreColumn("is_anomaly", "bool", "anomaly_score above the threshold", "anomaly", "anomaly.is_anomaly"),
 )

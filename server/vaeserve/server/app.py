@@ -20,10 +20,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vaeserve.api.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.api.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from vaeserve.server.boundary.calls import CallBoundary
 from vaeserve.server.boundary.interceptor import Boundary
 from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.engine import BundleError, NoiseCache
 from vaeserve.server.protocols.v1.servicer import VaeServicer
+from vaeserve.server.protocols.v2.dataplane import DataPlane
+from vaeserve.server.protocols.v2.grpc_servicer import InferenceServicer
+from vaeserve.server.protocols.v2.http import HttpServer, create_app
 from vaeserve.server.repository.registry import ModelRegistry, ModelState
 from vaeserve.server.repository.source import BundleSource, RepositorySource, Source
 from vaeserve.server.serving.loader import ModelLoader
@@ -34,6 +39,7 @@ __all__ = ["App", "create_server", "serve", "source_of"]
 log = logging.getLogger(__name__)
 AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]  # re-exported, untyped
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+V2_SERVICE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -46,6 +52,7 @@ class App:
     health: AsyncHealthServicer
     metrics: Metrics
     executor: ThreadPoolExecutor
+    http: HttpServer | None = None
     draining: bool = False
     _health_names: set[str] = field(default_factory=set)
     _poller: asyncio.Task[None] | None = None
@@ -77,6 +84,13 @@ class App:
         with contextlib.suppress(RuntimeError):  # no loop: nothing serves yet
             asyncio.get_running_loop().create_task(self.update_health())
 
+    def serving(self) -> bool:
+        return not self.draining and bool(self.registry.ready_names())
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
+
     async def update_health(self) -> None:
         if self.draining:
             return
@@ -96,7 +110,8 @@ class App:
             self._poller.cancel()
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
-        await self.server.stop(grace)
+        stopping = [self.server.stop(grace)] + ([self.http.stop()] if self.http else [])
+        await asyncio.gather(*stopping)
         await self.registry.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
@@ -124,8 +139,9 @@ async def create_server(settings: Settings) -> App:
     NOT_SERVING until `App.load()` has loaded a model."""
     limit = settings.max_message_mb << 20
     metrics = Metrics()
+    calls = CallBoundary(settings.max_in_flight, settings.log_requests, metrics)
     server = grpc.aio.server(
-        interceptors=[Boundary(settings.max_in_flight, settings.log_requests, metrics)],
+        interceptors=[Boundary(calls)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -140,11 +156,13 @@ async def create_server(settings: Settings) -> App:
         source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s
     )
     vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(registry), server)
+    serving: list[App] = []  # the app, once made: the data plane asks it whether the server is serving
+    plane = DataPlane(registry, lambda: bool(serving) and serving[0].serving())
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((SERVICE_NAME, V2_SERVICE_NAME, health_name, reflection.SERVICE_NAME), server)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, _NOT_SERVING)
     address = f"{settings.host}:{settings.port}"
@@ -153,7 +171,12 @@ async def create_server(settings: Settings) -> App:
     if port == 0:
         raise OSError(f"could not listen on {address}")
     await server.start()
-    app = App(server, port, registry, health_servicer, metrics, executor)
+    http = None
+    if settings.http_port is not None:
+        http = HttpServer(create_app(plane, calls, limit), settings.host, settings.http_port, settings.grace_s)
+        http.start()
+    app = App(server, port, registry, health_servicer, metrics, executor, http)
+    serving.append(app)
     registry.on_change = app.changed
     return app
 
@@ -166,7 +189,8 @@ async def serve(settings: Settings) -> None:
         if settings.tls_cert
         else "plaintext"
     )
-    log.info("listening on %s:%d (%s); health NOT_SERVING while models load", settings.host, app.port, tls)
+    http = f"; Open Inference Protocol over HTTP on port {app.http_port}" if app.http_port else ""
+    log.info("listening on %s:%d (%s%s); health NOT_SERVING while models load", settings.host, app.port, tls, http)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         description="how long a batch waits for more requests (0: it takes what is queued when the engine is free)",
     )
     batch_max_k: int = Field(64, ge=1, description="Score requests with K (and calibration K) up to this are merged")
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="serve the Open Inference Protocol (KServe V2) over HTTP on this port"
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus metrics over HTTP on this port (unset: off)"
     )

@@ -27,14 +27,18 @@ class Metrics:
         model = ["model", "version"]
         self.requests = Counter(
             "vaeserve_requests",
-            "RPCs answered, by method, status code and model",
-            ["method", "code", *model],
+            "requests answered, by protocol (v1, v2, v2-http), method, status code and model",
+            ["protocol", "method", "code", *model],
             registry=r,
         )
         self.latency = Histogram(
-            "vaeserve_request_seconds", "RPC duration", ["method", *model], buckets=_LATENCY_BUCKETS, registry=r
+            "vaeserve_request_seconds",
+            "request duration",
+            ["protocol", "method", *model],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
-        self.in_flight = Gauge("vaeserve_requests_in_flight", "RPCs in progress", registry=r)
+        self.in_flight = Gauge("vaeserve_requests_in_flight", "requests in progress (every protocol)", registry=r)
         self.inputs = Counter("vaeserve_inputs", "inputs scored, encoded or decoded", ["method", *model], registry=r)
         self.samples = Counter("vaeserve_importance_samples", "inputs x K evaluated by Score", model, registry=r)
         self.batch_inputs = Histogram(
@@ -58,9 +62,9 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_request(self, method: str, code: str, model: str, version: str, seconds: float) -> None:
-        self._child(self.requests, method, code, model, version).inc()
-        self._child(self.latency, method, model, version).observe(seconds)
+    def observe_request(self, protocol: str, method: str, code: str, model: str, version: str, seconds: float) -> None:
+        self._child(self.requests, protocol, method, code, model, version).inc()
+        self._child(self.latency, protocol, method, model, version).observe(seconds)
 
     def count_inputs(self, model: str, version: str, method: str, inputs: int, draws: int = 0) -> None:
         self._child(self.inputs, method, model, version).inc(inputs)

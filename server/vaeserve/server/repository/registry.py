@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vaeserve.server.boundary.interceptor import current_request
+from vaeserve.server.boundary.calls import current_request
 from vaeserve.server.engine import BundleError, ProviderUnavailable
 from vaeserve.server.errors import InvalidArgument, ModelNotFound, NotReady
 from vaeserve.server.repository.model_settings import ModelSettings

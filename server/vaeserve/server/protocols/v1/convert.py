@@ -14,7 +14,7 @@ import numpy as np
 from vaeserve.api import codec
 from vaeserve.api.scores import SCORE_COLUMNS
 from vaeserve.api.v1 import vae_pb2 as pb
-from vaeserve.server.boundary.interceptor import current_request
+from vaeserve.server.boundary.calls import current_request
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.repository.registry import Entry, ModelState
 from vaeserve.server.serving.calls import (

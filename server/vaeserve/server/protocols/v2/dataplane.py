@@ -1,0 +1,229 @@
+"""How a VAE appears in the Open Inference Protocol, shared by the gRPC servicer and the HTTP routes.
+
+For each served model `<name>` there are four V2 models:
+
+- `<name>`: scoring. Input `x` (FP32, FP64, UINT8, INT32 or INT64; [B, *input_shape] or [B, D], raw
+  units); parameters `k`, `seed`, `threshold_quantile`; outputs the score columns of
+  `vaeserve.api.scores` (FP64 [B]; `is_anomaly` BOOL [B]). Without requested outputs the reply has
+  every column but the naive prior estimate, which is computed only when one of its outputs is asked
+  for; the anomaly columns are computed only when asked for or when no output is named.
+- `<name>.encode`: `x` -> `z_mean`, `z_logvar` (and `z_samples` with parameter `n_samples`).
+- `<name>.decode`: `z` -> the parameters of p(x|z) (and `x_sample` with parameter `sample`).
+- `<name>.sample`: parameter `n` -> `z`, the parameters of p(x|z) (and `x_sample` with `sample_x`).
+
+Each call goes to the served model exactly as the VaeService call does, so the numbers are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
+
+import numpy as np
+
+from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.server.errors import InvalidArgument, ModelNotFound, NotReady
+from vaeserve.server.protocols.v2.tensors import datatype_of
+from vaeserve.server.repository.registry import ModelRegistry, ModelState
+from vaeserve.server.serving.calls import DecodeCall, Decoded, EncodeCall, SampleCall, ScoreCall
+from vaeserve.server.serving.model import ServedModel
+
+__all__ = ["DataPlane", "Inferred", "TensorSpec", "split_name"]
+
+Param = bool | int | float | str
+KINDS = ("encode", "decode", "sample")
+INPUT_TYPES = ("FP32", "FP64", "UINT8", "INT32", "INT64")
+LATENT_TYPES = ("FP32", "FP64")
+# Request parameters that clients of the protocol send on their own (tritonclient: binary_data_output).
+RESERVED = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
+_PARAMETERS: dict[str, dict[str, type]] = {
+    "score": {"k": int, "seed": int, "threshold_quantile": float},
+    "encode": {"n_samples": int, "seed": int},
+    "decode": {"sample": bool, "seed": int},
+    "sample": {"n": int, "seed": int, "sample_x": bool},
+}
+_COLUMN_OF = {c.v2_name: c for c in SCORE_COLUMNS}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size
+
+
+@dataclass
+class Inferred:
+    model: ServedModel
+    outputs: list[tuple[str, np.ndarray]]
+    parameters: dict[str, Param] = field(default_factory=dict)
+
+
+def split_name(v2_name: str) -> tuple[str, str]:
+    """`digits.encode` -> ("digits", "encode"); `digits` -> ("digits", "score")."""
+    base, _, suffix = v2_name.rpartition(".")
+    return (base, suffix) if base and suffix in KINDS else (v2_name, "score")
+
+
+def _decoded_specs(model: ServedModel) -> list[TensorSpec]:
+    shape = (-1, *model.manifest.input_shape)
+    names = [*model.manifest.decoder_outputs] + (["probs"] if model.manifest.likelihood == "bernoulli" else [])
+    return [TensorSpec(n, "FP32", shape) for n in [*names, "x_sample"]]
+
+
+def signature(model: ServedModel, kind: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs a V2 model declares (ModelMetadata)."""
+    m = model.manifest
+    x = TensorSpec("x", "FP32", (-1, *m.input_shape))
+    z = TensorSpec("z", "FP32", (-1, m.latent_dim))
+    if kind == "encode":
+        latent = [TensorSpec(n, "FP32", (-1, m.latent_dim)) for n in ("z_mean", "z_logvar")]
+        return [x], [*latent, TensorSpec("z_samples", "FP32", (-1, -1, m.latent_dim))]
+    if kind == "decode":
+        return [z], _decoded_specs(model)
+    if kind == "sample":
+        return [], [z, *_decoded_specs(model)]
+    columns = [c for c in SCORE_COLUMNS if c.group != "anomaly" or m.calibration is not None]
+    return [x], [TensorSpec(c.v2_name, "BOOL" if c.dtype == "bool" else "FP64", (-1,)) for c in columns]
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, serving: Callable[[], bool]) -> None:
+        self.registry = registry
+        self._serving = serving
+
+    # --- health and metadata --------------------------------------------------------------------
+
+    def server_ready(self) -> bool:
+        return self._serving()
+
+    def model_ready(self, name: str, version: str) -> bool:
+        """False for a model not ready or not served (gRPC answers ready=false; HTTP's route says 404)."""
+        base, _ = split_name(name)
+        try:
+            self.registry.resolve(base, version)
+        except (NotReady, ModelNotFound):
+            return False
+        return True
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return "vaeserve", package_version("vaeserve-server"), ["binary_tensor_data"]
+
+    def model_metadata(self, name: str, version: str) -> tuple[str, list[str], list[TensorSpec], list[TensorSpec]]:
+        base, kind = split_name(name)
+        model = self.registry.resolve(base, version)
+        versions = [e.version for e in self.registry.entries(base) if e.state is ModelState.READY and e.name == base]
+        inputs, outputs = signature(model, kind)
+        return name, versions, inputs, outputs
+
+    # --- inference ------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Param],
+        outputs: list[str] | None,
+        deadline: float | None = None,
+    ) -> Inferred:
+        base, kind = split_name(name)
+        if not base:
+            raise InvalidArgument("name the model (model_name is empty)")
+        params = _parameters(name, kind, parameters)
+        async with self.registry.lease(base, version) as model:
+            declared_in, declared_out = signature(model, kind)
+            expected = {s.name for s in declared_in}
+            if set(inputs) != expected:
+                raise InvalidArgument(
+                    f"model {name} takes input(s) {sorted(expected) or 'none'}; the request has {sorted(inputs)}"
+                )
+            for spec in declared_in:
+                accepted = INPUT_TYPES if spec.name == "x" else LATENT_TYPES
+                if datatype_of(inputs[spec.name]) not in accepted:
+                    raise InvalidArgument(f"input {spec.name} must be one of {', '.join(accepted)}")
+            known = [s.name for s in declared_out]
+            unknown = sorted(set(outputs or ()) - set(known))
+            if unknown:
+                raise InvalidArgument(f"model {name} has no output(s) {unknown}; its outputs are {known}")
+            produced, extra = await _run(model, kind, inputs, params, outputs, deadline)
+            chosen = outputs if outputs else [n for n in known if n in produced]
+            for output in chosen:
+                if output not in produced:
+                    raise InvalidArgument(f"output {output} is not computed for this request ({_why(kind, output)})")
+            return Inferred(model, [(n, produced[n]) for n in chosen], extra)
+
+
+def _why(kind: str, output: str) -> str:
+    return {
+        "z_samples": "set parameter n_samples above 0",
+        "x_sample": "set parameter sample (decode) or sample_x (sample) to true",
+    }.get(output, f"not available from {kind}")
+
+
+def _parameters(name: str, kind: str, given: dict[str, Param]) -> dict[str, Param]:
+    allowed = _PARAMETERS[kind]
+    out: dict[str, Param] = {}
+    for key, value in given.items():
+        if key in RESERVED:
+            continue
+        want = allowed.get(key)
+        if want is None:
+            raise InvalidArgument(f"model {name} takes parameters {sorted(allowed)}; {key!r} is not one of them")
+        ok = isinstance(value, bool) if want is bool else isinstance(value, want | int) and not isinstance(value, bool)
+        if not ok:
+            raise InvalidArgument(f"parameter {key} must be {want.__name__}, got {value!r}")
+        if want is int and int(value) < 0:
+            raise InvalidArgument(f"parameter {key} must be >= 0, got {value}")
+        out[key] = want(value)
+    return out
+
+
+def _decoded(decoded: Decoded) -> dict[str, np.ndarray]:
+    produced = dict(decoded.params)
+    if decoded.x_sample is not None:
+        produced["x_sample"] = decoded.x_sample
+    return produced
+
+
+async def _run(
+    model: ServedModel,
+    kind: str,
+    inputs: dict[str, np.ndarray],
+    params: dict[str, Param],
+    outputs: list[str] | None,
+    deadline: float | None,
+) -> tuple[dict[str, np.ndarray], dict[str, Param]]:
+    seed = int(params["seed"]) if "seed" in params else None
+    if kind == "encode":
+        encoded = await model.encode(EncodeCall(inputs["x"], int(params.get("n_samples", 0)), seed), deadline)
+        produced = {"z_mean": encoded.z_mean, "z_logvar": encoded.z_logvar}
+        if encoded.z_samples is not None:
+            produced["z_samples"] = encoded.z_samples
+        return produced, {"seed": encoded.seed}
+    if kind == "decode":
+        decoded = await model.decode(DecodeCall(inputs["z"], bool(params.get("sample", False)), seed))
+        return _decoded(decoded), {"seed": decoded.seed}
+    if kind == "sample":
+        if "n" not in params:
+            raise InvalidArgument("sample takes parameter n: how many draws from the prior")
+        sampled = await model.sample(SampleCall(int(params["n"]), seed, bool(params.get("sample_x", False))))
+        return {"z": sampled.z, **_decoded(sampled.decoded)}, {"seed": sampled.decoded.seed}
+    wanted = {_COLUMN_OF[o].group for o in outputs or ()}
+    threshold = params.get("threshold_quantile")
+    call = ScoreCall(
+        inputs["x"],
+        k=int(params["k"]) if "k" in params else None,
+        seed=seed,
+        prior_estimate="prior" in wanted,
+        anomaly=not outputs or "anomaly" in wanted,
+        threshold_quantile=None if threshold is None else float(threshold),
+    )
+    scored = await model.score(call, deadline)
+    columns = scored.result.columns
+    produced = {c.v2_name: columns[c.name] for c in SCORE_COLUMNS if c.name in columns}
+    extra: dict[str, Param] = {"k": scored.options.k, "seed": scored.seed}
+    if scored.result.anomaly is not None:
+        extra["threshold"] = scored.result.anomaly.threshold
+    return produced, extra
