@@ -29,9 +29,9 @@ from vaeserve.server.protocols.v1.servicer import VaeServicer
 from vaeserve.server.protocols.v2.dataplane import DataPlane
 from vaeserve.server.protocols.v2.grpc_servicer import InferenceServicer
 from vaeserve.server.protocols.v2.http import HttpServer, create_app
+from vaeserve.server.repository.loader import ModelLoader
 from vaeserve.server.repository.registry import ModelRegistry, ModelState
 from vaeserve.server.repository.source import BundleSource, RepositorySource, Source
-from vaeserve.server.serving.loader import ModelLoader
 from vaeserve.server.settings import Settings
 
 __all__ = ["App", "create_server", "serve", "source_of"]
@@ -45,6 +45,13 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
+class Lifecycle:
+    """Where the server is in its life; readiness (health, V2 ServerReady) depends on it."""
+
+    draining: bool = False
+
+
+@dataclass
 class App:
     server: grpc.aio.Server
     port: int
@@ -53,7 +60,7 @@ class App:
     metrics: Metrics
     executor: ThreadPoolExecutor
     http: HttpServer | None = None
-    draining: bool = False
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
     _health_names: set[str] = field(default_factory=set)
     _poller: asyncio.Task[None] | None = None
 
@@ -84,15 +91,12 @@ class App:
         with contextlib.suppress(RuntimeError):  # no loop: nothing serves yet
             asyncio.get_running_loop().create_task(self.update_health())
 
-    def serving(self) -> bool:
-        return not self.draining and bool(self.registry.ready_names())
-
     @property
     def http_port(self) -> int | None:
         return self.http.port if self.http else None
 
     async def update_health(self) -> None:
-        if self.draining:
+        if self.lifecycle.draining:
             return
         ready = self.registry.ready_names()
         serving = bool(ready)
@@ -105,7 +109,7 @@ class App:
 
     async def stop(self, grace: float | None) -> None:
         """Health NOT_SERVING, stop accepting, let requests in flight finish (up to grace), close models."""
-        self.draining = True
+        self.lifecycle.draining = True
         if self._poller is not None:
             self._poller.cancel()
         await self.health.enter_graceful_shutdown()
@@ -156,8 +160,8 @@ async def create_server(settings: Settings) -> App:
         source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s
     )
     vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(registry), server)
-    serving: list[App] = []  # the app, once made: the data plane asks it whether the server is serving
-    plane = DataPlane(registry, lambda: bool(serving) and serving[0].serving())
+    lifecycle = Lifecycle()
+    plane = DataPlane(registry, lambda: not lifecycle.draining and bool(registry.ready_names()))
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -175,8 +179,7 @@ async def create_server(settings: Settings) -> App:
     if settings.http_port is not None:
         http = HttpServer(create_app(plane, calls, limit), settings.host, settings.http_port, settings.grace_s)
         http.start()
-    app = App(server, port, registry, health_servicer, metrics, executor, http)
-    serving.append(app)
+    app = App(server, port, registry, health_servicer, metrics, executor, http, lifecycle)
     registry.on_change = app.changed
     return app
 

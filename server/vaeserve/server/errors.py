@@ -1,6 +1,6 @@
 """Domain errors: what went wrong, in terms a caller can act on.
 
-The gRPC boundary (``vaeserve.server.boundary.interceptor``) maps each class to one status code::
+The request boundary (``vaeserve.server.boundary``) maps each class to one status code::
 
     ServingError
     ├── InvalidArgument   bad input: shape, dtype, values, options  -> INVALID_ARGUMENT
