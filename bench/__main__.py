@@ -92,7 +92,7 @@ def section_iwae(x: np.ndarray, k: int, repeats: int, rows: list[dict[str, Any]]
     bundle = load_bundle(BUNDLE)
     engine = Engine(bundle, RuntimeConfig(device="cpu"))
     prepared = engine.prepare(x)
-    options = ScoreOptions(k=k, anomaly=False)
+    options = ScoreOptions(k=k)
     local = engine.score(prepared, options, 0)
     torch.set_num_threads(os.cpu_count() or 1)
     model = torch_model(bundle)
@@ -222,11 +222,10 @@ def section_encode(x: np.ndarray, seconds: float, rounds: int, rows: list[dict[s
 def section_bulk(x: np.ndarray, n: int, batch: int, rows: list[dict[str, Any]]) -> None:
     data = np.resize(x, (n, x.shape[1]))
     engine = Engine(load_bundle(BUNDLE), RuntimeConfig(device="cpu"))
-    engine.score(engine.prepare(data[:batch]), ScoreOptions(k=1, anomaly=False), 0)
+    engine.score(engine.prepare(data[:batch]), ScoreOptions(k=1), 0)
     start = time.perf_counter()
     local = [
-        engine.score(engine.prepare(data[i : i + batch]), ScoreOptions(k=1, anomaly=False), 0)["elbo"]
-        for i in range(0, n, batch)
+        engine.score(engine.prepare(data[i : i + batch]), ScoreOptions(k=1), 0)["elbo"] for i in range(0, n, batch)
     ]
     in_process = n / (time.perf_counter() - start)
     server = VaeServer(BUNDLE)

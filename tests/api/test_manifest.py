@@ -65,14 +65,46 @@ def test_preprocessing_is_affine_and_invertible() -> None:
     assert pre.apply(np.array([[3, 2]], dtype=np.uint8)).dtype == np.float32
 
 
-def test_calibration_percentiles_and_thresholds() -> None:
-    cal = Calibration(k=10, seed=0, dataset="d", scores=[1.0, 2.0, 3.0, 4.0])
+def test_calibration_percentiles_p_values_and_thresholds() -> None:
+    cal = Calibration(k=10, seed=0, dataset="d", scores={"nll": [1.0, 2.0, 3.0, 4.0]})
     np.testing.assert_allclose(cal.percentile([0.5, 2.0, 2.5, 9.0]), [0.0, 50.0, 50.0, 100.0])
-    assert cal.threshold(0.5) == pytest.approx(2.5)
-    with pytest.raises(ValueError, match="quantile"):
+    # p = (1 + #{calibration scores >= s}) / (n + 1): ties count against the input (conservative).
+    np.testing.assert_allclose(cal.p_value([0.5, 2.0, 2.5, 4.0, 9.0]), [1.0, 0.8, 0.6, 0.4, 0.2])
+    assert cal.n == 4 and cal.min_alpha == pytest.approx(0.2)
+    assert cal.threshold(0.2) == 4.0 and cal.threshold(0.4) == 3.0 and cal.threshold(0.59) == 3.0
+    assert cal.threshold(0.1) == np.inf  # below 1 / (n + 1) nothing can be flagged
+    assert cal.threshold(1.0) == -np.inf
+    for alpha in (0.2, 0.4, 0.6, 0.8):  # flagged by threshold == flagged by p-value
+        s = np.linspace(0, 5, 101)
+        np.testing.assert_array_equal(s > cal.threshold(alpha), cal.p_value(s) <= alpha + 1e-12)
+    assert cal.quantile(0.5) == pytest.approx(2.5)
+    assert cal.too_small_for(0.2) is None
+    assert "flags at alpha = 0.01 need at least 99" in (cal.too_small_for(0.01) or "")
+    with pytest.raises(ValueError, match="alpha"):
         cal.threshold(1.5)
     with pytest.raises(ValidationError, match="sorted"):
-        Calibration(k=10, seed=0, dataset="d", scores=[2.0, 1.0])
+        Calibration(k=10, seed=0, dataset="d", scores={"nll": [2.0, 1.0]})
+    with pytest.raises(ValidationError, match="one value per calibration input"):
+        Calibration(k=10, seed=0, dataset="d", scores={"nll": [1.0, 2.0], "reconstruction": [1.0]})
+    with pytest.raises(KeyError, match="no calibration for score 'complexity'"):
+        cal.p_value([1.0], "complexity")
+
+
+def test_a_calibration_of_one_list_reads_as_the_nll() -> None:
+    """Bundles written before the named scores keep working."""
+    old = Calibration.model_validate({"k": 10, "seed": 0, "dataset": "d", "scores": [1.0, 2.0]})
+    assert old.scores == {"nll": [1.0, 2.0]}
+    m = Manifest.model_validate(manifest(calibration={"k": 10, "seed": 0, "dataset": "d", "scores": [1.0]}))
+    assert m.calibration is not None and list(m.calibration.scores) == ["nll"]
+
+
+def test_a_background_model_needs_its_manifest_hash() -> None:
+    with pytest.raises(ValidationError, match=r"needs the sha256 of background/manifest\.json"):
+        Manifest.model_validate(manifest(background="background"))
+    hashes = {"encoder.onnx": HASH, "decoder.onnx": HASH, "background/manifest.json": HASH}
+    assert Manifest.model_validate(manifest(background="background", sha256=hashes)).background == "background"
+    with pytest.raises(ValidationError, match="background"):
+        Manifest.model_validate(manifest(background="../elsewhere", sha256=hashes))
 
 
 def test_a_bundle_without_preprocessing_gets_the_identity() -> None:

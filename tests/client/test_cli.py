@@ -56,6 +56,8 @@ def test_score_writes_csv_and_summary(
             "200",
             "--seed",
             "3",
+            "--anomaly-scores",
+            "nll",
             "--out",
             str(out),
             "--batch-size",
@@ -68,7 +70,9 @@ def test_score_writes_csv_and_summary(
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 40 and [int(r["index"]) for r in rows] == list(range(40))
-    assert {"elbo", "log_px", "log_px_se", "ess", "anomaly_score", "percentile", "is_anomaly"} <= set(rows[0])
+    assert {"elbo", "log_px", "log_px_se", "ess", "anomaly_score", "percentile", "p_value", "is_anomaly"} <= set(
+        rows[0]
+    )
     assert run(digits_server, "score", str(digits_file), "--k", "200", "--seed", "3", "--stream", "--json") == 0
     streamed = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose(streamed["mean log p(x)"], np.mean([float(r["log_px"]) for r in rows]), atol=1e-3)

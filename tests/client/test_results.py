@@ -20,7 +20,7 @@ def _reply(groups: set[str], b: int = 3) -> pb.ScoreResponse:
     for i, column in enumerate(SCORE_COLUMNS):
         if column.group not in groups:
             continue
-        values = np.arange(i, i + b) % 2 == 0 if column.dtype == "bool" else np.arange(i, i + b, dtype=np.float64)
+        values = np.arange(i, i + b) % 2 == 0 if column.dtype == "bool" else np.arange(i, i + b, dtype=column.dtype)
         *parents, leaf = column.path
         message = reply
         for part in parents:
@@ -40,12 +40,12 @@ def test_every_column_is_a_typed_field_of_scores() -> None:
 
 
 def test_columns_follow_the_table() -> None:
-    scores = cv.scores(_reply({"estimate", "prior", "anomaly"}))
+    scores = cv.scores(_reply({"estimate", "prior", "anomaly", "adaptive"}))
     assert list(scores.columns()) == [c.name for c in SCORE_COLUMNS]
     for i, column in enumerate(SCORE_COLUMNS):
         value = getattr(scores, column.name)
         assert value.dtype == np.dtype(column.dtype) and len(value) == 3
-        if column.dtype == "float64":
+        if column.dtype != "bool":
             np.testing.assert_array_equal(value, [i, i + 1, i + 2])
     assert (scores.k, scores.seed) == (7, 11)
 

@@ -39,7 +39,7 @@ def x(lg: LinearGaussian) -> np.ndarray:
 
 def test_exact_posterior_gives_log_px_with_full_ess(exact: Engine, lg: LinearGaussian, x: np.ndarray) -> None:
     k = 1000
-    r = exact.score(exact.prepare(x), ScoreOptions(k=k, anomaly=False), seed=1)
+    r = exact.score(exact.prepare(x), ScoreOptions(k=k), seed=1)
     truth = lg.log_px(x)
     np.testing.assert_allclose(r["log_px"], truth, atol=1e-4)
     np.testing.assert_allclose(r["ess"], k, rtol=1e-4)
@@ -51,7 +51,7 @@ def test_exact_posterior_gives_log_px_with_full_ess(exact: Engine, lg: LinearGau
 
 def test_worse_encoder_elbo_sits_below_by_the_closed_form_gap(worse: Engine, lg: LinearGaussian, x: np.ndarray) -> None:
     gap = Encoder(shrink=0.7, var_scale=2.0).kl_to_posterior(lg, x)
-    r = worse.score(worse.prepare(x), ScoreOptions(k=5000, anomaly=False), seed=2)
+    r = worse.score(worse.prepare(x), ScoreOptions(k=5000), seed=2)
     truth = lg.log_px(x)
     assert np.all(np.abs(r["elbo"] - (truth - gap)) < 4 * r["elbo_se"])
     # The reported gap, log p(x) estimate - ELBO, estimates KL(q || p(z|x)).
@@ -63,10 +63,10 @@ def test_worse_encoder_iwae_rises_with_k_to_log_px(worse: Engine, lg: LinearGaus
     truth = lg.log_px(x)
     means = []
     for k in (1, 10, 100, 1000, 5000):
-        r = worse.score(worse.prepare(x), ScoreOptions(k=k, anomaly=False), seed=4)
+        r = worse.score(worse.prepare(x), ScoreOptions(k=k), seed=4)
         means.append(float(np.mean(r["log_px"] - truth)))
     assert all(a < b for a, b in itertools.pairwise(means)), means
-    r = worse.score(worse.prepare(x), ScoreOptions(k=5000, anomaly=False), seed=4)
+    r = worse.score(worse.prepare(x), ScoreOptions(k=5000), seed=4)
     assert np.all(np.abs(r["log_px"] - truth) < 3 * r["log_px_se"]), (r["log_px"] - truth) / r["log_px_se"]
     assert np.all(r["ess"] < 0.9 * 5000)  # unequal weights: q is not the posterior
 
@@ -74,7 +74,7 @@ def test_worse_encoder_iwae_rises_with_k_to_log_px(worse: Engine, lg: LinearGaus
 def test_prior_estimate_agrees_with_far_lower_ess(worse: Engine, lg: LinearGaussian, x: np.ndarray) -> None:
     # Large K: with a handful of effective samples the delta-method error of the naive estimate is itself unreliable.
     k = 200_000
-    r = worse.score(worse.prepare(x), ScoreOptions(k=k, prior_estimate=True, anomaly=False), seed=5)
+    r = worse.score(worse.prepare(x), ScoreOptions(k=k, prior_estimate=True), seed=5)
     assert "prior_log_px" in r.columns
     truth = lg.log_px(x)
     assert np.all(np.abs(r["prior_log_px"] - truth) < 3 * r["prior_log_px_se"]), (r["prior_log_px"] - truth) / r[
@@ -103,7 +103,7 @@ def test_bernoulli_path_matches_numpy(tmp_path: Path) -> None:
     x = (rng.random((5, model.W.shape[0])) < 0.5).astype(np.float64)
     x[0] = rng.random(model.W.shape[0])  # grey-level targets use the same formula
     k, seed = 300, 9
-    r = engine.score(engine.prepare(x), ScoreOptions(k=k, per_dim=True, prior_estimate=True, anomaly=False), seed=seed)
+    r = engine.score(engine.prepare(x), ScoreOptions(k=k, per_dim=True, prior_estimate=True), seed=seed)
 
     eps = np.random.default_rng(seed).standard_normal((k, model.W.shape[1]), dtype=np.float32).astype(np.float64)
     mu = x @ model.A.T + model.c
@@ -137,7 +137,7 @@ def test_bernoulli_path_matches_numpy(tmp_path: Path) -> None:
 def test_same_seed_same_numbers_and_chunking_does_not_matter(worse_bundle: Path, x: np.ndarray) -> None:
     whole = Engine(load_bundle(worse_bundle), CPU, chunk_samples=100_000)
     chunked = Engine(load_bundle(worse_bundle), CPU, chunk_samples=96)
-    options = ScoreOptions(k=1000, per_dim=True, prior_estimate=True, anomaly=False)
+    options = ScoreOptions(k=1000, per_dim=True, prior_estimate=True)
     a = whole.score(whole.prepare(x), options, seed=11)
     b = whole.score(whole.prepare(x), options, seed=11)
     c = chunked.score(chunked.prepare(x), options, seed=11)
@@ -153,7 +153,7 @@ def test_same_seed_same_numbers_and_chunking_does_not_matter(worse_bundle: Path,
 
 
 def test_a_result_does_not_depend_on_batch_position(worse: Engine, x: np.ndarray) -> None:
-    options = ScoreOptions(k=500, anomaly=False)
+    options = ScoreOptions(k=500)
     batch = worse.score(worse.prepare(x), options, seed=3)
     for i in (0, 5):
         alone = worse.score(worse.prepare(x[i : i + 1]), options, seed=3)
@@ -165,13 +165,13 @@ def test_a_result_does_not_depend_on_batch_position(worse: Engine, x: np.ndarray
 
 def test_per_input_seeds_equal_separate_calls(worse: Engine, x: np.ndarray) -> None:
     seeds = np.arange(len(x), dtype=np.uint64) + 100
-    merged = worse.score(worse.prepare(x), ScoreOptions(k=64, anomaly=False), seeds)
+    merged = worse.score(worse.prepare(x), ScoreOptions(k=64), seeds)
     for i in range(len(x)):
-        alone = worse.score(worse.prepare(x[i : i + 1]), ScoreOptions(k=64, anomaly=False), int(seeds[i]))
+        alone = worse.score(worse.prepare(x[i : i + 1]), ScoreOptions(k=64), int(seeds[i]))
         np.testing.assert_allclose(alone["log_px"], merged["log_px"][i : i + 1], rtol=1e-6, atol=1e-5)
 
 
 def test_k_one_reports_no_standard_error(worse: Engine, x: np.ndarray) -> None:
-    r = worse.score(worse.prepare(x), ScoreOptions(k=1, anomaly=False), seed=0)
+    r = worse.score(worse.prepare(x), ScoreOptions(k=1), seed=0)
     assert np.all(np.isnan(r["log_px_se"])) and np.all(np.isnan(r["elbo_se"]))
     np.testing.assert_allclose(r["ess"], 1.0)

@@ -100,17 +100,31 @@ def test_anomaly_fields_with_calibration(digits_stub: Stub) -> None:
 
     x = load_digits().data[:20]
     weird = np.full((1, 64), 16.0)  # an all-white square: nothing like a digit
-    reply = digits_stub.Score(pb.ScoreRequest(x=t(np.concatenate([x, weird])), k=10, threshold_quantile=0.95))
+    # K and seed left to the server are the calibration's: the anomaly score comes from the same pass.
+    reply = digits_stub.Score(pb.ScoreRequest(x=t(np.concatenate([x, weird])), alpha=0.05))
     anomaly = reply.anomaly
-    assert anomaly.k == 1000 and anomaly.estimator == "iwae" and anomaly.threshold_quantile == 0.95
-    score, percentile, flag = a(anomaly.score), a(anomaly.percentile), a(anomaly.is_anomaly)
-    assert flag.dtype == np.bool_ and flag[-1] and percentile[-1] == 100.0
+    assert anomaly.name == "nll" and anomaly.k == 1000 and anomaly.estimator == "iwae"
+    assert anomaly.alpha == 0.05 and anomaly.threshold_quantile == pytest.approx(0.95)
+    assert anomaly.n_calibration == 180 and anomaly.min_alpha == pytest.approx(1 / 181)
+    score, percentile, p, flag = (a(getattr(anomaly, f)) for f in ("score", "percentile", "p_value", "is_anomaly"))
+    np.testing.assert_allclose(score, -a(reply.log_px))
+    assert flag.dtype == np.bool_ and flag[-1] and percentile[-1] == 100.0 and p[-1] == pytest.approx(1 / 181)
+    np.testing.assert_array_equal(flag, p <= 0.05)
     np.testing.assert_array_equal(flag, score > anomaly.threshold)
-    assert np.all((percentile >= 0) & (percentile <= 100))
-    # K differs from the calibration's: the anomaly score comes from a second pass at K=1000.
-    same_k = digits_stub.Score(pb.ScoreRequest(x=t(x), k=1000))
-    np.testing.assert_allclose(a(same_k.anomaly.score), -a(same_k.log_px))
-    np.testing.assert_allclose(a(same_k.anomaly.score), score[:-1], rtol=1e-6)
+    assert np.all((percentile >= 0) & (percentile <= 100)) and np.all((p > 0) & (p <= 1))
+    assert [e.name for e in reply.anomalies] == ["nll"] and reply.anomalies[0] == anomaly
+    # The white square is also where importance sampling fails: its k-hat says so.
+    assert a(reply.unreliable).tolist() == [False] * 20 + [True] and a(reply.pareto_k)[-1] > 0.7
+    assert list(reply.warnings) == [
+        "1 of 21 inputs have pareto_k > 0.7: their log_px and log_px_se are not reliable (raise k, or read the ELBO)"
+    ]
+    # Another K: no hidden second pass; the reply says why the anomaly fields are missing.
+    other = digits_stub.Score(pb.ScoreRequest(x=t(x), k=10))
+    assert not other.HasField("anomaly") and "no anomaly scores" in other.warnings[0] and "K=10" in other.warnings[0]
+    # Named, they are computed in a second pass with the calibration's K and seed: the same numbers.
+    named = digits_stub.Score(pb.ScoreRequest(x=t(x), k=10, seed=3, anomaly_scores=["nll"]))
+    np.testing.assert_allclose(a(named.anomaly.score), score[:-1], rtol=1e-9)
+    assert named.k == 10 and named.anomaly.k == 1000
 
 
 def test_score_options_per_dim_and_reconstruction(digits_stub: Stub) -> None:
@@ -442,26 +456,23 @@ def test_prometheus_metrics(serve: Callable[..., RunningServer], worse_bundle: P
     assert "vaeserve_requests_in_flight 0.0" in text  # read when scraped, after the requests ended
 
 
-def test_merged_requests_keep_their_own_thresholds(serve: Callable[..., RunningServer], digits_bundle: Path) -> None:
+def test_merged_requests_keep_their_own_alpha(serve: Callable[..., RunningServer], digits_bundle: Path) -> None:
     from sklearn.datasets import load_digits
 
     server = serve(digits_bundle, inline_rows=0, executor_threads=1, batch_max_k=1000)  # digits calibrates at K=1000
     x = load_digits().data[:40]
-    quantiles = [0.5, 0.9, 0.99] * 10
+    alphas = [0.5, 0.1, 0.01] * 10
     with grpc.insecure_channel(server.address) as channel:
         stub = Stub(channel)
         with ThreadPoolExecutor(16) as pool:
             replies = list(
-                pool.map(
-                    lambda i: stub.Score(pb.ScoreRequest(x=t(x[i : i + 1]), k=8, threshold_quantile=quantiles[i])),
-                    range(len(quantiles)),
-                )
+                pool.map(lambda i: stub.Score(pb.ScoreRequest(x=t(x[i : i + 1]), alpha=alphas[i])), range(len(alphas)))
             )
     model = server.app.registry.resolve("", "")
-    assert len(model._batchers) == 1  # one kind of work, whatever the quantile
+    assert len(model._batchers) == 1  # one kind of work, whatever the alpha
     calibration = model.manifest.calibration
     assert calibration is not None
-    for q, reply in zip(quantiles, replies):
-        assert reply.anomaly.threshold_quantile == q
-        assert reply.anomaly.threshold == pytest.approx(calibration.threshold(q))
-        np.testing.assert_array_equal(a(reply.anomaly.is_anomaly), a(reply.anomaly.score) > reply.anomaly.threshold)
+    for alpha, reply in zip(alphas, replies):
+        assert reply.anomaly.alpha == alpha
+        assert reply.anomaly.threshold == pytest.approx(calibration.threshold(alpha))
+        np.testing.assert_array_equal(a(reply.anomaly.is_anomaly), a(reply.anomaly.p_value) <= alpha)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine.bundle import load_bundle
 from vaeserve.server.engine.results import ScoreOptions
 from vaeserve.training.cli import main
@@ -31,7 +32,7 @@ def test_train_writes_a_complete_bundle(trained: Path, capsys: pytest.CaptureFix
     assert t is not None and t.dataset == "digits" and t.epochs == 4 and t.test_iwae.k == 64
     assert t.test_iwae.value >= t.test_elbo.value - 3 * t.test_elbo.se  # IWAE is the tighter bound
     assert m.calibration is not None and m.calibration.k == 32
-    assert len(m.calibration.scores) == 180
+    assert m.calibration.n == 180 and list(m.calibration.scores) == ["nll", "reconstruction", "complexity"]
 
 
 def test_training_is_reproducible(trained: Path, tmp_path: Path) -> None:
@@ -51,9 +52,13 @@ def test_calibration_reads_the_served_scale(trained: Path) -> None:
     assert calibration is not None
     calib = bundle_splits(bundle).calib
     result = engine.score(engine.prepare(calib), ScoreOptions(k=calibration.k), seed=calibration.seed)
-    assert "anomaly_score" in result.columns
-    np.testing.assert_allclose(np.sort(result["anomaly_score"]), calibration.scores, rtol=1e-9)
-    assert result["percentile"].max() == 100.0
+    np.testing.assert_allclose(np.sort(-result["log_px"]), calibration.scores["nll"], rtol=1e-9)
+    scorer = AnomalyScorer(engine)
+    raw = scorer.raw(engine.prepare(calib), list(calibration.scores))
+    for name, judged in zip(calibration.scores, scorer.judge(raw, list(calibration.scores), alpha=0.05)):
+        np.testing.assert_allclose(np.sort(raw[name]), calibration.scores[name], rtol=1e-9, err_msg=name)
+        # The largest calibration score is at or above itself: its p-value is 2 / (n + 1).
+        assert judged.percentile.max() == 100.0 and judged.p_value.min() == pytest.approx(2 / 181)
 
 
 def test_evaluate_prints_every_k_and_saves_pictures(
@@ -80,7 +85,7 @@ def test_recalibrate_on_other_normal_data(trained: Path, tmp_path: Path) -> None
     assert main(["calibrate", str(trained), str(tmp_path / "ones.npy"), "--k", "16"]) == 0
     after = load_bundle(trained).manifest
     assert after.sha256 == before.sha256 and after.training == before.training
-    assert after.calibration is not None and after.calibration.k == 16 and len(after.calibration.scores) == 50
+    assert after.calibration is not None and after.calibration.k == 16 and after.calibration.n == 50
     assert after.calibration.dataset == "ones.npy"
 
 

@@ -49,7 +49,8 @@ def x() -> np.ndarray:
 
 
 def native_score(channel: grpc.Channel, x: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
-    reply = vae_pb2_grpc.VaeServiceStub(channel).Score(pb.ScoreRequest(x=codec.to_proto(x), k=k, seed=seed))
+    request = pb.ScoreRequest(x=codec.to_proto(x), k=k, seed=seed, anomaly_scores=["nll"])
+    reply = vae_pb2_grpc.VaeServiceStub(channel).Score(request)
     return {
         "log_px": codec.from_proto(reply.log_px),
         "log_px_se": codec.from_proto(reply.log_px_se),
@@ -96,7 +97,7 @@ def http(server: RunningServer, path: str, body: Any = None, headers: dict[str, 
 
 
 def test_grpc_v2_scores_equal_vaeservice(channel: grpc.Channel, x: np.ndarray) -> None:
-    reply = infer(channel, "digits", x, k=200, seed=9)
+    reply = infer(channel, "digits", x, k=200, seed=9, anomaly_scores="nll")
     got = outputs_of(reply)
     want = native_score(channel, x, 200, 9)
     for name, values in want.items():
@@ -223,7 +224,7 @@ def test_http_binary_tensor_extension(server: RunningServer, channel: grpc.Chann
             "inputs": [
                 {"name": "x", "shape": list(x.shape), "datatype": "UINT8", "parameters": {"binary_data_size": x.nbytes}}
             ],
-            "parameters": {"k": 30, "seed": 2, "binary_data_output": True},
+            "parameters": {"k": 30, "seed": 2, "anomaly_scores": "nll", "binary_data_output": True},
         }
     ).encode()
     request = urllib.request.Request(

@@ -38,7 +38,7 @@ def main() -> None:
         tensor.set_data_from_numpy(x)
         wanted = [module.InferRequestedOutput(n) for n in ("log_px", "log_px_se", "ess", "is_anomaly", "elbo")]
         scored = client.infer("digits", [tensor], outputs=wanted, parameters={"k": 100, "seed": 7})
-        every = client.infer("digits", [tensor], parameters={"k": 100, "seed": 7})
+        every = client.infer("digits", [tensor], parameters={"k": 100, "seed": 7, "anomaly_scores": "nll"})
         encoded = client.infer("digits.encode", [tensor], model_version="1")
         try:
             client.infer("nope", [tensor])

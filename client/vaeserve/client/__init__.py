@@ -4,7 +4,7 @@
 
     with Client("localhost:50051") as client:
         info = client.info()
-        scores = client.score(images, k=1000)   # per input: ELBO, log p(x) +- se, ESS, anomaly percentile
+        scores = client.score(images)           # per input: ELBO, log p(x) +- se, ESS, anomaly p-value and flag
         client.load_model("digits")             # a model repository's new versions in, old ones out
 
 Errors are raised as `VaeServeError` subclasses that keep the server's status code and message.
@@ -24,9 +24,21 @@ from vaeserve.client._errors import (
     UnavailableError,
     VaeServeError,
 )
-from vaeserve.client._results import Decoded, Encoded, InputScore, ModelInfo, ModelStatus, Sampled, Scores, ServedBy
+from vaeserve.client._results import (
+    AnomalyScores,
+    Decoded,
+    Encoded,
+    InputScore,
+    ModelInfo,
+    ModelStatus,
+    Sampled,
+    Scores,
+    ServedBy,
+    Typicality,
+)
 
 __all__ = [
+    "AnomalyScores",
     "AsyncClient",
     "AuthenticationError",
     "CancelledError",
@@ -45,6 +57,7 @@ __all__ = [
     "ServedBy",
     "ServerError",
     "TlsConfig",
+    "Typicality",
     "UnavailableError",
     "VaeServeError",
 ]

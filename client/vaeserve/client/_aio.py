@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, StreamRequests
+from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, ScoreArgs, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, concat
 
@@ -49,10 +49,17 @@ class AsyncClient(ClientBase):
             raise from_rpc_error(exc, self.config.target) from None
 
     async def _batched(
-        self, method: Callable[..., Awaitable[Any]], requests: list[Any], parse: Callable[[Any], T]
+        self,
+        method: Callable[..., Awaitable[Any]],
+        requests: list[Any],
+        parse: Callable[[Any], T],
+        timeouts: list[float | None] | None = None,
     ) -> list[T]:
         async with asyncio.TaskGroup() as group:  # one failure cancels the other calls
-            tasks = [group.create_task(self._call(method, r)) for r in requests]
+            tasks = [
+                group.create_task(self._call(method, r, timeouts[i] if timeouts else None))
+                for i, r in enumerate(requests)
+            ]
         return [parse(task.result()) for task in tasks]
 
     async def info(self) -> ModelInfo:
@@ -107,21 +114,31 @@ class AsyncClient(ClientBase):
         prior_estimate: bool = False,
         per_dim: bool = False,
         reconstruction: bool = False,
-        threshold_quantile: float | None = None,
+        alpha: float | None = None,
+        anomaly_scores: Sequence[str] | None = None,
+        typicality: bool = False,
+        target_se: float | None = None,
+        max_k: int | None = None,
         skip_anomaly: bool = False,
+        threshold_quantile: float | None = None,
     ) -> Scores:
-        requests, _ = self._split(
-            np.asarray(x),
-            cv.score_request,
+        args = ScoreArgs(
             k=k,
             seed=seed,
             prior_estimate=prior_estimate,
             per_dim=per_dim,
             reconstruction=reconstruction,
-            threshold_quantile=threshold_quantile,
             skip_anomaly=skip_anomaly,
+            alpha=alpha,
+            anomaly_scores=anomaly_scores,
+            typicality=typicality,
+            target_se=target_se,
+            max_k=max_k,
+            threshold_quantile=threshold_quantile,
         )
-        return concat(await self._batched(self._stub.Score, requests, cv.scores))
+        requests, sizes = self._score_requests(np.asarray(x), args)
+        timeouts = [self._score_timeout(n, args) for n in sizes]
+        return concat(await self._batched(self._stub.Score, requests, cv.scores, timeouts))
 
     async def score_stream(
         self,
@@ -129,20 +146,22 @@ class AsyncClient(ClientBase):
         *,
         k: int | None = None,
         seed: int | None = None,
+        alpha: float | None = None,
+        anomaly_scores: Sequence[str] | None = None,
         skip_anomaly: bool = False,
         threshold_quantile: float | None = None,
     ) -> AsyncIterator[Scores]:
         """Scores `x` over one ScoreStream call: an array (`batch_size` rows per message) or an iterable
         of arrays (sent as they come); yields one Scores per message, in order."""
-        requests = StreamRequests(
-            x,
-            self.batch_size,
-            self._spec,
+        args = ScoreArgs(
             k=k,
             seed=seed,
+            alpha=alpha,
+            anomaly_scores=anomaly_scores,
             skip_anomaly=skip_anomaly,
             threshold_quantile=threshold_quantile,
         )
+        requests = StreamRequests(x, self.batch_size, self._spec, args)
         try:
             async for reply in self._stub.ScoreStream(iter(requests)):
                 yield cv.scores(reply)

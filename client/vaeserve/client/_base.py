@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -13,11 +14,43 @@ from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.client import _convert as cv
 from vaeserve.client._channel import ChannelConfig, TlsConfig
 
-__all__ = ["LOAD_TIMEOUT_S", "ClientBase", "StreamRequests", "batches"]
+__all__ = ["DRAWS_PER_S", "LOAD_TIMEOUT_S", "ClientBase", "ScoreArgs", "StreamRequests", "batches"]
 
 # LoadModel returns once the bundle is loaded, checked and warmed up: minutes for a large model
 # on a busy server, well past a deadline sized for inference calls.
 LOAD_TIMEOUT_S = 600.0
+# A Score call's deadline grows by a second per this many importance draws it asks for (inputs x K):
+# a floor for a convolutional model on two busy cores, so large requests are not cut off by default.
+DRAWS_PER_S = 10_000
+AUTO_TIMEOUT_S = 60.0
+_ASSUMED_K = 1000  # the server's default K (its calibration's) when a request leaves k unset
+
+
+@dataclass(frozen=True)
+class ScoreArgs:
+    """The options of a Score request (see the client's `score`)."""
+
+    k: int | None = None
+    seed: int | None = None
+    prior_estimate: bool = False
+    per_dim: bool = False
+    reconstruction: bool = False
+    skip_anomaly: bool = False
+    alpha: float | None = None
+    anomaly_scores: Sequence[str] | None = None
+    typicality: bool = False
+    target_se: float | None = None
+    max_k: int | None = None
+    threshold_quantile: float | None = None
+
+    def request(self, x: npt.ArrayLike, spec: pb.ModelSpec) -> pb.ScoreRequest:
+        return cv.score_request(x, spec, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def draws(self, rows: int) -> int:
+        """Importance draws a request of `rows` inputs may take (for its deadline)."""
+        k = self.max_k or self.k or _ASSUMED_K
+        second_pass = _ASSUMED_K * (1 + len(self.anomaly_scores or ())) if self.anomaly_scores or self.typicality else 0
+        return rows * (k * (2 if self.target_se else 1) + second_pass)
 
 
 def batches(n: int, size: int) -> list[slice]:
@@ -37,11 +70,7 @@ class StreamRequests:
         x: npt.ArrayLike | Iterable[npt.ArrayLike],
         batch_size: int,
         spec: pb.ModelSpec,
-        *,
-        k: int | None,
-        seed: int | None,
-        skip_anomaly: bool,
-        threshold_quantile: float | None,
+        args: ScoreArgs,
     ) -> None:
         if isinstance(x, np.ndarray):
             array = x
@@ -49,17 +78,7 @@ class StreamRequests:
             self.total = len(array)
         else:
             self.chunks, self.total = x, 0  # type: ignore[assignment]
-        self.build = functools.partial(
-            cv.score_request,
-            spec=spec,
-            k=k,
-            seed=seed,
-            prior_estimate=False,
-            per_dim=False,
-            reconstruction=False,
-            threshold_quantile=threshold_quantile,
-            skip_anomaly=skip_anomaly,
-        )
+        self.build = functools.partial(args.request, spec=spec)
         self.error: Exception | None = None
 
     def __iter__(self) -> Iterator[pb.ScoreRequest]:
@@ -83,7 +102,7 @@ class ClientBase:
         self,
         target: str = "localhost:50051",
         *,
-        timeout: float | None = 60.0,
+        timeout: float | Literal["auto"] | None = "auto",
         batch_size: int = 1024,
         concurrency: int = 2,
         model: str | None = None,
@@ -94,13 +113,15 @@ class ClientBase:
         max_message_mb: int = 64,
     ) -> None:
         """`target` is host:port, or dns:///name:port with `round_robin` to spread calls over replicas;
-        `timeout` is each call's deadline in seconds; arrays go in requests of `batch_size` inputs, with
+        `timeout` is each call's deadline in seconds (None: none; "auto": 60 s, and a Score call's grows
+        by a second per DRAWS_PER_S importance draws it asks for); arrays go in requests of `batch_size` inputs, with
         up to `concurrency` in flight; `model` and `version`, when given, must match the served model;
         calls answered UNAVAILABLE are retried up to `retries` times with exponential backoff."""
         self.config = ChannelConfig(
             target=target, tls=tls, retries=retries, round_robin=round_robin, max_message_mb=max_message_mb
         )
-        self.timeout = timeout
+        self.auto_timeout = timeout == "auto"
+        self.timeout: float | None = AUTO_TIMEOUT_S if timeout == "auto" else timeout
         self.batch_size = batch_size
         self.concurrency = max(1, concurrency)
         self._spec: pb.ModelSpec = cv.model_spec(model, version)
@@ -115,3 +136,13 @@ class ClientBase:
         """Requests of `batch_size` rows of x (all rows in one with `whole`), and their sizes."""
         parts = [slice(0, len(x))] if whole else batches(len(x), self.batch_size)
         return [build(x[s], self._spec, **options) for s in parts], [s.stop - s.start for s in parts]
+
+    def _score_requests(self, x: np.ndarray, args: ScoreArgs) -> tuple[list[pb.ScoreRequest], list[int]]:
+        """Score requests of `batch_size` rows (one request with typicality: it tests the batch as a whole)."""
+        parts = [slice(0, len(x))] if args.typicality else batches(len(x), self.batch_size)
+        return [args.request(x[s], self._spec) for s in parts], [s.stop - s.start for s in parts]
+
+    def _score_timeout(self, rows: int, args: ScoreArgs) -> float | None:
+        if not self.auto_timeout:
+            return self.timeout
+        return AUTO_TIMEOUT_S + args.draws(rows) / DRAWS_PER_S

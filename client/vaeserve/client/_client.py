@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import _convert as cv
-from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, StreamRequests
+from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, ScoreArgs, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, concat
 
@@ -55,7 +55,13 @@ class Client(ClientBase):
             raise from_rpc_error(exc, self.config.target) from None
 
     def _batched(
-        self, method: Any, requests: list[Any], parse: Callable[[Any], T], progress: Progress | None, sizes: list[int]
+        self,
+        method: Any,
+        requests: list[Any],
+        parse: Callable[[Any], T],
+        progress: Progress | None,
+        sizes: list[int],
+        timeouts: list[float | None] | None = None,
     ) -> list[T]:
         """Sends requests with up to `concurrency` in flight; results in request order."""
         pending: deque[Any] = deque()
@@ -70,8 +76,8 @@ class Client(ClientBase):
                 progress(done, total)
 
         try:
-            for request in requests:
-                pending.append(method.future(request, timeout=self.timeout))
+            for i, request in enumerate(requests):
+                pending.append(method.future(request, timeout=timeouts[i] if timeouts else self.timeout))
                 if len(pending) >= self.concurrency:
                     collect()
             while pending:
@@ -161,23 +167,40 @@ class Client(ClientBase):
         prior_estimate: bool = False,
         per_dim: bool = False,
         reconstruction: bool = False,
-        threshold_quantile: float | None = None,
+        alpha: float | None = None,
+        anomaly_scores: Sequence[str] | None = None,
+        typicality: bool = False,
+        target_se: float | None = None,
+        max_k: int | None = None,
         skip_anomaly: bool = False,
+        threshold_quantile: float | None = None,
         progress: Progress | None = None,
     ) -> Scores:
-        """ELBO, IWAE log p(x) with standard error and ESS, and anomaly score and percentile, per input."""
-        requests, sizes = self._split(
-            np.asarray(x),
-            cv.score_request,
+        """ELBO and IWAE log p(x) with standard error, ESS and Pareto k-hat, and anomaly scores, per input.
+
+        Anomaly scores use the calibration's K and seed: with `k` and `seed` left to the server they
+        come from the same pass; otherwise name them (`anomaly_scores`) to have them computed.
+        `alpha` is the flags' level (conformal p-values), `typicality` tests the whole array as one
+        batch (sent as one request), `target_se` doubles K per input up to `max_k` until log_px_se
+        is at most target_se.
+        """
+        args = ScoreArgs(
             k=k,
             seed=seed,
             prior_estimate=prior_estimate,
             per_dim=per_dim,
             reconstruction=reconstruction,
-            threshold_quantile=threshold_quantile,
             skip_anomaly=skip_anomaly,
+            alpha=alpha,
+            anomaly_scores=anomaly_scores,
+            typicality=typicality,
+            target_se=target_se,
+            max_k=max_k,
+            threshold_quantile=threshold_quantile,
         )
-        return concat(self._batched(self._stub.Score, requests, cv.scores, progress, sizes))
+        requests, sizes = self._score_requests(np.asarray(x), args)
+        timeouts = [self._score_timeout(n, args) for n in sizes]
+        return concat(self._batched(self._stub.Score, requests, cv.scores, progress, sizes, timeouts))
 
     def score_stream(
         self,
@@ -185,6 +208,8 @@ class Client(ClientBase):
         *,
         k: int | None = None,
         seed: int | None = None,
+        alpha: float | None = None,
+        anomaly_scores: Sequence[str] | None = None,
         skip_anomaly: bool = False,
         threshold_quantile: float | None = None,
         progress: Progress | None = None,
@@ -193,15 +218,15 @@ class Client(ClientBase):
 
         `x` is an array (split into `batch_size` rows) or an iterable of arrays (sent as they come).
         """
-        requests = StreamRequests(
-            x,
-            self.batch_size,
-            self._spec,
+        args = ScoreArgs(
             k=k,
             seed=seed,
+            alpha=alpha,
+            anomaly_scores=anomaly_scores,
             skip_anomaly=skip_anomaly,
             threshold_quantile=threshold_quantile,
         )
+        requests = StreamRequests(x, self.batch_size, self._spec, args)
         done = 0
         try:
             for reply in self._stub.ScoreStream(iter(requests), timeout=None):

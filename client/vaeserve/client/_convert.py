@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,9 +11,19 @@ from google.protobuf.message import Message
 
 from vaeserve.api import codec
 from vaeserve.api.manifest import Manifest
-from vaeserve.api.scores import SCORE_COLUMNS, ScoreColumn
+from vaeserve.api.scores import ANOMALY_FIELDS, SCORE_COLUMNS, ScoreColumn
 from vaeserve.api.v1 import vae_pb2 as pb
-from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, ServedBy
+from vaeserve.client._results import (
+    AnomalyScores,
+    Decoded,
+    Encoded,
+    ModelInfo,
+    ModelStatus,
+    Sampled,
+    Scores,
+    ServedBy,
+    Typicality,
+)
 
 _LIKELIHOOD = {pb.LIKELIHOOD_BERNOULLI: "bernoulli", pb.LIKELIHOOD_GAUSSIAN: "gaussian"}
 
@@ -47,9 +57,12 @@ def model_info(reply: pb.GetModelInfoResponse) -> ModelInfo:
             "max_in_flight": limits.max_in_flight,
             "max_message_bytes": limits.max_message_bytes,
         },
-        defaults={"k": defaults.k, "seed": defaults.seed, "threshold_quantile": defaults.threshold_quantile},
+        defaults={"k": defaults.k, "seed": defaults.seed, "alpha": defaults.alpha},
         server_version=reply.server_version,
         served_by=served_by(reply.header),
+        anomaly_scores={a.name: "" if a.available else a.reason for a in reply.anomaly_scores},
+        default_anomaly_scores=tuple(defaults.anomaly_scores),
+        warnings=tuple(reply.warnings),
     )
 
 
@@ -124,8 +137,13 @@ def score_request(
     prior_estimate: bool,
     per_dim: bool,
     reconstruction: bool,
-    threshold_quantile: float | None,
     skip_anomaly: bool,
+    alpha: float | None = None,
+    anomaly_scores: Sequence[str] | None = None,
+    typicality: bool = False,
+    target_se: float | None = None,
+    max_k: int | None = None,
+    threshold_quantile: float | None = None,
 ) -> pb.ScoreRequest:
     request = pb.ScoreRequest(
         model=spec,
@@ -134,13 +152,19 @@ def score_request(
         per_dim=per_dim,
         reconstruction=reconstruction,
         skip_anomaly=skip_anomaly,
+        anomaly_scores=list(anomaly_scores or ()),
+        typicality=typicality,
     )
-    if k is not None:
-        request.k = k
-    if seed is not None:
-        request.seed = seed
-    if threshold_quantile is not None:
-        request.threshold_quantile = threshold_quantile
+    for name, value in (
+        ("k", k),
+        ("seed", seed),
+        ("alpha", alpha),
+        ("target_se", target_se),
+        ("max_k", max_k),
+        ("threshold_quantile", threshold_quantile),
+    ):
+        if value is not None:
+            setattr(request, name, value)
     return request
 
 
@@ -153,6 +177,31 @@ def _column(reply: pb.ScoreResponse, column: ScoreColumn) -> np.ndarray | None:
         message = getattr(message, part)
     assert isinstance(message, pb.Tensor)
     return codec.from_proto(message, name=column.name)
+
+
+def _anomaly(a: pb.Anomaly) -> AnomalyScores:
+    arrays = {f.name: codec.from_proto(getattr(a, f.name), name=f"{a.name}.{f.name}") for f in ANOMALY_FIELDS}
+    return AnomalyScores(
+        name=a.name,
+        **arrays,
+        threshold=a.threshold,
+        alpha=a.alpha,
+        min_alpha=a.min_alpha,
+        n_calibration=a.n_calibration,
+        k=a.k,
+    )
+
+
+def _typicality(t: pb.Typicality) -> Typicality:
+    return Typicality(
+        batch_size=t.batch_size,
+        mean_score=t.mean_score,
+        expected=t.expected,
+        threshold=t.threshold,
+        p_value=t.p_value,
+        is_atypical=t.is_atypical,
+        alpha=t.alpha,
+    )
 
 
 def scores(reply: pb.ScoreResponse) -> Scores:
@@ -168,6 +217,9 @@ def scores(reply: pb.ScoreResponse) -> Scores:
         per_dim=_opt(reply.per_dim, reply.HasField("per_dim")),
         reconstruction=_opt(reply.reconstruction, reply.HasField("reconstruction")),
         served_by=served_by(reply.header),
+        anomalies={entry.name: _anomaly(entry) for entry in reply.anomalies},
+        typicality=_typicality(reply.typicality) if reply.HasField("typicality") else None,
+        warnings=tuple(reply.warnings),
     )
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 
+from vaeserve.client._base import LOAD_TIMEOUT_S
 from vaeserve.client._client import Client
 from vaeserve.client._results import ModelStatus
 from vaeserve.client.tables import format_table
@@ -37,7 +38,8 @@ def _models(args: argparse.Namespace, client: Client) -> int:
 
 
 def _load(args: argparse.Namespace, client: Client) -> int:
-    statuses = client.load_model(args.name, timeout=args.timeout)  # --timeout covers loading and warm-up
+    # --timeout covers loading and warm-up (default: LoadModel's own, minutes)
+    statuses = client.load_model(args.name, timeout=args.timeout or LOAD_TIMEOUT_S)
     _print(args, statuses, f"{args.target}: loaded {args.name}")
     return 1 if any(s.state == "FAILED" for s in statuses) else 0
 

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
-from typing import TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.api.scores import ANOMALY_FIELDS, SCORE_COLUMNS, anomaly_column
 
-__all__ = ["Decoded", "Encoded", "InputScore", "ModelInfo", "ModelStatus", "Sampled", "Scores", "ServedBy", "concat"]
+__all__ = [
+    "AnomalyScores",
+    "Decoded",
+    "Encoded",
+    "InputScore",
+    "ModelInfo",
+    "ModelStatus",
+    "Sampled",
+    "Scores",
+    "ServedBy",
+    "Typicality",
+    "concat",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,9 @@ class ModelInfo:
     defaults: dict[str, float]
     server_version: str
     served_by: ServedBy
+    anomaly_scores: dict[str, str] = field(default_factory=dict)  # every anomaly score: "" if served, else why not
+    default_anomaly_scores: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # what to know before trusting the numbers (e.g. a small calibration)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,37 @@ class InputScore:
     anomaly_score: float | None
     percentile: float | None
     is_anomaly: bool | None
+    p_value: float | None = None
+    pareto_k: float = float("nan")
+
+
+@dataclass(frozen=True)
+class AnomalyScores:
+    """One named anomaly score of a batch (vaeserve.api.scores.ANOMALY_SCORES), each array [B]."""
+
+    name: str
+    score: np.ndarray
+    percentile: np.ndarray
+    p_value: np.ndarray  # conformal: P(p_value <= alpha) <= alpha for normal data
+    is_anomaly: np.ndarray  # p_value <= alpha
+    threshold: float  # the score above which inputs are flagged (inf: none can be at this alpha)
+    alpha: float
+    min_alpha: float  # 1 / (n_calibration + 1)
+    n_calibration: int
+    k: int
+
+
+@dataclass(frozen=True)
+class Typicality:
+    """Whether a batch as a whole is typical of the normal data (one request's inputs)."""
+
+    batch_size: int
+    mean_score: float  # the batch's mean nll
+    expected: float  # the normal data's
+    threshold: float
+    p_value: float
+    is_atypical: bool
+    alpha: float
 
 
 # Per-input columns of Scores, in the order of the one table (the CSV writer's order too).
@@ -118,20 +164,27 @@ class Scores:
     log_px: np.ndarray
     log_px_se: np.ndarray
     ess: np.ndarray
+    pareto_k: np.ndarray
+    unreliable: np.ndarray
     bits_per_dim: np.ndarray
     gap: np.ndarray
     gap_se: np.ndarray
+    k_used: np.ndarray | None
     prior_log_px: np.ndarray | None
     prior_log_px_se: np.ndarray | None
     prior_ess: np.ndarray | None
     anomaly_score: np.ndarray | None
     percentile: np.ndarray | None
+    p_value: np.ndarray | None
     is_anomaly: np.ndarray | None
     threshold: float | None
     anomaly_k: int | None
     per_dim: np.ndarray | None
     reconstruction: np.ndarray | None
     served_by: ServedBy
+    anomalies: dict[str, AnomalyScores] = field(default_factory=dict)  # by name, in the order asked
+    typicality: Typicality | None = None
+    warnings: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.log_px)
@@ -152,14 +205,25 @@ class Scores:
             anomaly_score=opt(self.anomaly_score),
             percentile=opt(self.percentile),
             is_anomaly=None if self.is_anomaly is None else bool(self.is_anomaly[i]),
+            p_value=opt(self.p_value),
+            pareto_k=float(self.pareto_k[i]),
         )
 
     def __iter__(self) -> Iterator[InputScore]:
         return (self[i] for i in range(len(self)))
 
+    @property
+    def alpha(self) -> float | None:
+        first = next(iter(self.anomalies.values()), None)
+        return None if first is None else first.alpha
+
     def columns(self) -> dict[str, np.ndarray]:
-        """The per-input quantities that are present, by name (for tables and CSV)."""
-        return {name: value for name in COLUMNS if (value := getattr(self, name)) is not None}
+        """The per-input quantities that are present, by name (for tables and CSV): the score columns,
+        then `<score>_<field>` for every named anomaly score but the first (already `anomaly_score`, ...)."""
+        out = {name: value for name in COLUMNS if (value := getattr(self, name)) is not None}
+        for name, scores in list(self.anomalies.items())[1:]:
+            out.update({anomaly_column(name, f.name): getattr(scores, f.name) for f in ANOMALY_FIELDS})
+        return out
 
 
 R = TypeVar("R", Encoded, Decoded, Scores)
@@ -170,16 +234,35 @@ def concat(parts: Sequence[R]) -> R:
     if not parts:
         raise ValueError("nothing to concatenate")
     first = parts[0]
-    joined: dict[str, object] = {}
-    for f in fields(first):
-        values = [getattr(p, f.name) for p in parts]
-        if isinstance(values[0], np.ndarray):
-            joined[f.name] = np.concatenate(values)
-        elif isinstance(values[0], dict):
-            joined[f.name] = {key: np.concatenate([v[key] for v in values]) for key in values[0]}
-        else:
-            joined[f.name] = values[0]
+    joined = _joined(parts)
     replicas = sorted({p.served_by.replica for p in parts})
     if len(replicas) > 1:
         joined["served_by"] = ServedBy(first.served_by.model, first.served_by.version, ",".join(replicas))
-    return type(first)(**joined)  # type: ignore[arg-type]
+    return type(first)(**joined)
+
+
+def _joined(parts: Sequence[Any]) -> dict[str, Any]:
+    """Field by field: arrays concatenated (also inside dicts and nested records), warnings merged,
+    anything else (K, seed, thresholds) taken from the first part."""
+    joined: dict[str, Any] = {}
+    for f in fields(parts[0]):
+        values = [getattr(p, f.name) for p in parts]
+        first = values[0]
+        if isinstance(first, np.ndarray):
+            joined[f.name] = np.concatenate(values)
+        elif isinstance(first, dict):
+            joined[f.name] = {key: _join_values([v[key] for v in values]) for key in first}
+        elif isinstance(first, tuple) and f.name == "warnings":
+            joined[f.name] = tuple(dict.fromkeys(w for v in values for w in v))
+        else:
+            joined[f.name] = first
+    return joined
+
+
+def _join_values(values: list[Any]) -> Any:
+    if isinstance(values[0], np.ndarray):
+        return np.concatenate(values)
+    first: Any = values[0]
+    if isinstance(first, AnomalyScores):
+        return AnomalyScores(**_joined(values))
+    return first

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,7 +29,11 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vaeserve", description=__doc__)
     p.add_argument("--target", default="localhost:50051", help="server address host:port, or dns:///name:port")
-    p.add_argument("--timeout", type=float, default=300.0, help="deadline per call in seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="deadline per call in seconds (default: 60 s, and a score request's grows with its inputs x K)",
+    )
     p.add_argument("--round-robin", action="store_true", help="spread calls over every address of the target")
     p.add_argument("--tls-ca", type=Path, help="PEM CA bundle to verify the server (enables TLS)")
     p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
@@ -71,11 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--png", type=Path, help="grid picture (image models)")
     smp.add_argument("--out", type=Path, help="samples in raw units as .npy or .csv")
 
-    sc = sub.add_parser("score", parents=[model], help="ELBO, log p(x) +- se, ESS and anomaly percentile per input")
+    sc = sub.add_parser("score", parents=[model], help="ELBO, log p(x) +- se, ESS and anomaly scores per input")
     sc.add_argument("file", type=Path, help="inputs in raw units: .npy, .csv or MNIST IDX")
     sc.add_argument("--k", type=int, help="importance samples per input (default: the server's)")
     sc.add_argument("--seed", type=int)
-    sc.add_argument("--threshold-quantile", type=float, help="flag scores above this calibration quantile")
+    sc.add_argument(
+        "--alpha", type=float, help="flag inputs whose conformal p-value is at most alpha (default: the server's)"
+    )
+    sc.add_argument("--threshold-quantile", type=float, help=argparse.SUPPRESS)  # older spelling: alpha = 1 - q
+    sc.add_argument(
+        "--anomaly-scores",
+        type=_names,
+        help="anomaly scores to compute, e.g. nll,reconstruction (default: the model's, when K is its calibration's)",
+    )
+    sc.add_argument("--typicality", action="store_true", help="also test whether the file as a whole is typical")
+    sc.add_argument("--target-se", type=float, help="adaptive K: double K per input until log_px_se <= this")
+    sc.add_argument("--max-k", type=int, help="most draws per input with --target-se (default: the server's max_k)")
     sc.add_argument("--batch-size", type=int, default=256, help="inputs per request")
     sc.add_argument("--stream", action="store_true", help="use the ScoreStream RPC (one call for the file)")
     sc.add_argument("--out", type=Path, help="per-input results as CSV")
@@ -94,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def _client(args: argparse.Namespace, **kw: Any) -> Client:
     tls = None
     if args.tls_ca or args.tls_cert:
@@ -102,7 +121,8 @@ def _client(args: argparse.Namespace, **kw: Any) -> Client:
         )
     kw.setdefault("model", getattr(args, "model", None))  # only the commands that send requests to a model
     kw.setdefault("version", getattr(args, "model_version", None))
-    return Client(args.target, timeout=args.timeout, tls=tls, round_robin=args.round_robin, **kw)
+    timeout: float | Literal["auto"] = "auto" if args.timeout is None else args.timeout
+    return Client(args.target, timeout=timeout, tls=tls, round_robin=args.round_robin, **kw)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -138,8 +158,8 @@ def _info_rows(info: ModelInfo) -> list[tuple[str, str]]:
         ("limits", ", ".join(f"{k} {v}" for k, v in info.limits.items())),
         (
             "defaults",
-            f"K {info.defaults['k']}, seed {info.defaults['seed']}, "
-            f"threshold quantile {info.defaults['threshold_quantile']}",
+            f"K {info.defaults['k']}, seed {info.defaults['seed']}, alpha {info.defaults['alpha']:g}, "
+            f"anomaly scores {','.join(info.default_anomaly_scores) or 'none'}",
         ),
     ]
     if m.training:
@@ -154,13 +174,18 @@ def _info_rows(info: ModelInfo) -> list[tuple[str, str]]:
         ]
     if m.calibration:
         c = m.calibration
-        q = np.quantile(c.scores, [0.5, 0.99])
+        q = np.quantile(c.sorted_scores("nll"), [0.5, 0.99]) if "nll" in c.scores else (np.nan, np.nan)
         rows.append(
             (
                 "calibration",
-                f"{len(c.scores)} scores of {c.dataset}, {c.estimator} K={c.k}, median {q[0]:.2f}, 99th pct {q[1]:.2f}",
+                f"{c.n} inputs of {c.dataset}, {c.estimator} K={c.k}, nll median {q[0]:.2f}, 99th pct {q[1]:.2f}; "
+                f"smallest alpha {c.min_alpha:.3g}",
             )
         )
+    served = [name for name, reason in info.anomaly_scores.items() if not reason]
+    if info.anomaly_scores:
+        rows.append(("anomaly scores", ", ".join(served) or "none"))
+    rows += [("warning", warning) for warning in info.warnings]
     return rows
 
 
@@ -249,17 +274,20 @@ def _score(args: argparse.Namespace) -> int:
     progress = _Progress(len(x) > args.batch_size)
     started = time.perf_counter()
     with _client(args, batch_size=args.batch_size) as client:
+        common: dict[str, Any] = {
+            "k": args.k,
+            "seed": args.seed,
+            "alpha": args.alpha,
+            "anomaly_scores": args.anomaly_scores,
+            "threshold_quantile": args.threshold_quantile,
+        }
         if args.stream:
-            scores = concat(
-                list(
-                    client.score_stream(
-                        x, k=args.k, seed=args.seed, progress=progress, threshold_quantile=args.threshold_quantile
-                    )
-                )
-            )
+            if args.typicality or args.target_se:
+                raise DataFileError("--stream does not take --typicality or --target-se")
+            scores = concat(list(client.score_stream(x, progress=progress, **common)))
         else:
             scores = client.score(
-                x, k=args.k, seed=args.seed, threshold_quantile=args.threshold_quantile, progress=progress
+                x, typicality=args.typicality, target_se=args.target_se, max_k=args.max_k, progress=progress, **common
             )
     seconds = time.perf_counter() - started
     progress.close()
@@ -277,6 +305,8 @@ def _score(args: argparse.Namespace) -> int:
         )
         if args.out:
             print(f"wrote {args.out}")
+    for warning in scores.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -291,9 +321,18 @@ def _summary(scores: Scores, seconds: float) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "inputs/s": round(len(scores) / max(seconds, 1e-9), 1),
     }
-    if scores.is_anomaly is not None:
-        summary["flagged"] = int(scores.is_anomaly.sum())
-        summary["threshold (-log p(x))"] = round(float(scores.threshold or 0.0), 4)
+    if scores.k_used is not None:
+        summary["K used (median, max)"] = f"{int(np.median(scores.k_used))}, {int(scores.k_used.max())}"
+    unreliable = int(scores.unreliable.sum())
+    if unreliable:
+        summary["pareto k > 0.7"] = unreliable
+    for name, a in scores.anomalies.items():
+        summary[f"flagged by {name} (alpha {a.alpha:g})"] = int(a.is_anomaly.sum())
+        summary[f"{name} threshold"] = round(a.threshold, 4) if np.isfinite(a.threshold) else None
+    if scores.typicality is not None:
+        t = scores.typicality
+        summary["typicality p-value"] = round(t.p_value, 4)
+        summary["typical"] = not t.is_atypical
     return summary
 
 
@@ -329,7 +368,7 @@ def _explain(args: argparse.Namespace) -> int:
         line = f"#{args.start + i}  log p(x) {s.log_px:.1f} ± {s.log_px_se:.2f}"
         if s.anomaly_score is not None:
             flag = "  ANOMALY" if s.is_anomaly else ""
-            line += f"\nscore {s.anomaly_score:.1f}, percentile {s.percentile:.1f}{flag}"
+            line += f"\nscore {s.anomaly_score:.1f}, p {s.p_value:.3f}{flag}"
         captions.append(line)
     assert scores.reconstruction is not None and scores.per_dim is not None
     anomaly_panel(inputs, scores.reconstruction.reshape(shape), scores.per_dim, captions, args.png)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -33,6 +34,7 @@ __all__ = [
     "Manifest",
     "Preprocessing",
     "TrainingSummary",
+    "check_alpha",
 ]
 
 FORMAT_VERSION = 1
@@ -46,6 +48,8 @@ ENCODER_INPUT = "x"
 ENCODER_OUTPUTS = ("z_mean", "z_logvar")
 DECODER_INPUT = "z"
 DECODER_OUTPUTS: dict[str, tuple[str, ...]] = {"bernoulli": ("logits",), "gaussian": ("mean", "logvar")}
+_SCORE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DIR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class _Strict(BaseModel):
@@ -141,36 +145,111 @@ class TrainingSummary(_Strict):
     active_units: int | None = None
     duration_s: float | None = None
     framework: str | None = None
+    n_calib: int | None = None
+    # Every choice training made for the user (likelihood, scaling, preset, split, ...) and why, by name.
+    choices: dict[str, str] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
 
 
 class Calibration(_Strict):
-    """Anomaly scores -log p(x) on held-out normal data, sorted, with the estimator that made them."""
+    """Anomaly scores of held-out normal data: one sorted list per named score, all of the same n inputs.
+
+    Flags are conformal: for a new input's score s, p = (1 + #{calibration scores >= s}) / (n + 1), and
+    a flag at level alpha (p <= alpha) has a false-positive rate of at most alpha on normal data
+    exchangeable with the calibration inputs. So alpha can be no smaller than 1 / (n + 1).
+    Manifests written before the named scores held one list, the `nll`; they read as {"nll": [...]}.
+    """
 
     estimator: Literal["iwae"] = "iwae"
-    k: PositiveInt
+    k: PositiveInt  # K of the importance-sampled estimates behind the scores
     seed: int = Field(ge=0, lt=2**64)
     dataset: str
-    scores: list[float] = Field(min_length=1)
+    scores: dict[str, list[float]] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_list_is_the_nll(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("scores"), list):
+            return {**data, "scores": {"nll": data["scores"]}}
+        return data
 
     @field_validator("scores")
     @classmethod
-    def _sorted_finite(cls, scores: list[float]) -> list[float]:
-        if not all(math.isfinite(s) for s in scores):
-            raise ValueError("calibration scores must be finite")
-        if any(b < a for a, b in itertools.pairwise(scores)):
-            raise ValueError("calibration scores must be sorted in ascending order")
+    def _sorted_finite(cls, scores: dict[str, list[float]]) -> dict[str, list[float]]:
+        lengths = {len(values) for values in scores.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"every score needs one value per calibration input; lengths are {sorted(lengths)}")
+        for name, values in scores.items():
+            if not _SCORE_NAME.match(name):
+                raise ValueError(f"score name {name!r} must match {_SCORE_NAME.pattern}")
+            if not values:
+                raise ValueError(f"{name}: no calibration scores")
+            if not all(math.isfinite(s) for s in values):
+                raise ValueError(f"{name}: calibration scores must be finite")
+            if any(b < a for a, b in itertools.pairwise(values)):
+                raise ValueError(f"{name}: calibration scores must be sorted in ascending order")
         return scores
 
-    def percentile(self, scores: npt.ArrayLike) -> np.ndarray:
-        """Percent of calibration scores at or below each score."""
-        ranks = np.searchsorted(np.asarray(self.scores), np.asarray(scores, dtype=np.float64), side="right")
-        return 100.0 * ranks / len(self.scores)
+    @functools.cached_property
+    def _arrays(self) -> dict[str, np.ndarray]:  # cached once: read on every request
+        return {name: np.asarray(values, dtype=np.float64) for name, values in self.scores.items()}
 
-    def threshold(self, quantile: float) -> float:
-        """The score at a quantile (0..1) of the calibration data, linearly interpolated."""
-        if not 0.0 <= quantile <= 1.0:
-            raise ValueError(f"threshold quantile must lie in [0, 1], got {quantile}")
-        return float(np.quantile(np.asarray(self.scores), quantile))
+    @property
+    def n(self) -> int:
+        """The number of calibration inputs."""
+        return len(next(iter(self.scores.values())))
+
+    @property
+    def min_alpha(self) -> float:
+        """The smallest level a flag can have with n calibration inputs: 1 / (n + 1)."""
+        return 1.0 / (self.n + 1)
+
+    def sorted_scores(self, name: str) -> np.ndarray:
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise KeyError(f"no calibration for score {name!r}; calibrated: {', '.join(self.scores)}") from None
+
+    def percentile(self, scores: npt.ArrayLike, name: str = "nll") -> np.ndarray:
+        """Percent of calibration scores at or below each score (descriptive)."""
+        ranks = np.searchsorted(self.sorted_scores(name), np.asarray(scores, dtype=np.float64), side="right")
+        return 100.0 * ranks / self.n
+
+    def p_value(self, scores: npt.ArrayLike, name: str = "nll") -> np.ndarray:
+        """Conformal p-values (1 + #{calibration scores >= s}) / (n + 1); higher scores are more anomalous."""
+        below = np.searchsorted(self.sorted_scores(name), np.asarray(scores, dtype=np.float64), side="left")
+        return (1.0 + (self.n - below)) / (self.n + 1.0)
+
+    def threshold(self, alpha: float, name: str = "nll") -> float:
+        """The score above which p <= alpha: +inf when alpha < min_alpha (nothing can be flagged)."""
+        check_alpha(alpha)
+        allowed = math.floor(alpha * (self.n + 1) + 1e-9) - 1  # most calibration scores >= a flagged score
+        if allowed < 0:
+            return math.inf
+        if allowed >= self.n:
+            return -math.inf
+        return float(self.sorted_scores(name)[self.n - 1 - allowed])
+
+    def quantile(self, q: float, name: str = "nll") -> float:
+        """The calibration scores' q-quantile, linearly interpolated (descriptive; flags use p-values)."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must lie in [0, 1], got {q}")
+        return float(np.quantile(self.sorted_scores(name), q))
+
+    def too_small_for(self, alpha: float) -> str | None:
+        """Why flags at alpha cannot keep their promise with these n inputs, or None when they can."""
+        if alpha >= self.min_alpha - 1e-12:
+            return None
+        return (
+            f"the anomaly calibration has {self.n} inputs: flags at alpha = {alpha:g} need at least "
+            f"{math.ceil(1 / alpha - 1 - 1e-9)}, so nothing can be flagged; the smallest attainable alpha is "
+            f"{self.min_alpha:.4g} (add normal data: vaeserve-train calibrate BUNDLE DATA --add)"
+        )
+
+
+def check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
 
 
 class Manifest(_Strict):
@@ -187,6 +266,9 @@ class Manifest(_Strict):
     image: ImageLayout | None = None
     training: TrainingSummary | None = None
     calibration: Calibration | None = None
+    # A second bundle in this directory, trained on perturbed normal data: the background model of the
+    # likelihood_ratio score (Ren et al. 2019). Its hashes are in its own manifest, whose hash is here.
+    background: str | None = Field(None, pattern=_DIR_NAME)
 
     @field_validator("format_version")
     @classmethod
@@ -213,6 +295,8 @@ class Manifest(_Strict):
             n = len(getattr(self.preprocessing, field))
             if n not in (1, dim):
                 raise ValueError(f"preprocessing.{field} has {n} values; needs 1 or {dim} (one per input feature)")
+        if self.background is not None and self.background_manifest not in self.sha256:
+            raise ValueError(f"background {self.background!r} needs the sha256 of {self.background_manifest}")
         if self.image is not None:
             pixels = self.image.channels * self.image.height * self.image.width
             if pixels != dim:
@@ -230,3 +314,8 @@ class Manifest(_Strict):
     @property
     def decoder_outputs(self) -> tuple[str, ...]:
         return DECODER_OUTPUTS[self.likelihood]
+
+    @property
+    def background_manifest(self) -> str | None:
+        """The background bundle's manifest path, relative to this bundle (a key of `sha256`)."""
+        return None if self.background is None else f"{self.background}/{MANIFEST_FILE}"

@@ -15,11 +15,13 @@ import typing
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from vaeserve.api.scores import ANOMALY_SCORES
 
 __all__ = ["Settings", "default_bundle", "load_settings"]
 
@@ -70,7 +72,17 @@ class Settings(BaseSettings):
         None, ge=1, description="K when a Score request gives none (default: the calibration's K, else 1000)"
     )
     default_seed: int = Field(0, ge=0, lt=2**64, description="seed when a request gives none")
-    threshold_quantile: float = Field(0.99, ge=0.0, le=1.0, description="default anomaly threshold quantile")
+    alpha: float = Field(
+        0.01, gt=0.0, le=1.0, description="level of the anomaly flags: is_anomaly = p_value <= alpha (conformal)"
+    )
+    threshold_quantile: float | None = Field(
+        None, ge=0.0, lt=1.0, description="deprecated: alpha = 1 - threshold_quantile (alpha wins when both are set)"
+    )
+    anomaly_scores: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("nll",),
+        description="anomaly scores a Score request gets when it names none, comma-separated (the first fills "
+        "`anomaly`); a model serves those it can",
+    )
     batching: bool = Field(True, description="merge concurrent small requests into one run")
     batch_max_inputs: int = Field(256, ge=1, description="most inputs in one merged run")
     batch_max_delay_ms: float = Field(
@@ -93,6 +105,23 @@ class Settings(BaseSettings):
     replica_id: str = Field(default_factory=socket.gethostname, description="name of this replica in replies")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_requests: bool = Field(True, description="one log line per request")
+
+    @field_validator("anomaly_scores", mode="before")
+    @classmethod
+    def _score_names(cls, value: Any) -> Any:
+        names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        known = [s.name for s in ANOMALY_SCORES]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise ValueError(f"anomaly scores are {', '.join(known)}; got {', '.join(map(str, names)) or 'none'}")
+        return tuple(names)
+
+    @property
+    def flag_alpha(self) -> float:
+        """alpha, or 1 - threshold_quantile where only that was given."""
+        if self.threshold_quantile is not None and "alpha" not in self.model_fields_set:
+            return 1.0 - self.threshold_quantile
+        return self.alpha
 
     @model_validator(mode="after")
     def _one_source(self) -> Settings:

@@ -27,7 +27,7 @@ def compare(bundle: Bundle, splits: Splits, *, k: int = 5000, seed: int = 0) -> 
     engine = cpu_engine(bundle)
     train, val, test = (engine.prepare(s).astype(np.float64) for s in (splits.train, splits.val, splits.test))
     seeds = np.uint64(seed) + np.arange(len(test), dtype=np.uint64)
-    vae = engine.score(test.astype(np.float32), ScoreOptions(k=k, anomaly=False), seeds)
+    vae = engine.score(test.astype(np.float32), ScoreOptions(k=k), seeds)
     latent = bundle.manifest.latent_dim
     ppca = PCA(n_components=min(latent, train.shape[1]), random_state=seed).fit(train)
     best: tuple[float, GaussianMixture] | None = None

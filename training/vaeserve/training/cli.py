@@ -18,7 +18,7 @@ from vaeserve.training.data import load_dataset, select_classes
 from vaeserve.training.evaluate import active_units, calibrate, evaluate, save_pictures
 from vaeserve.training.export import ExportError
 from vaeserve.training.models import VAEConfig
-from vaeserve.training.pipeline import RunConfig, bundle_splits, cpu_engine, run
+from vaeserve.training.pipeline import RunConfig, bundle_splits, cpu_engine, cpu_scorer, run
 from vaeserve.training.train import TrainConfig
 
 __all__ = ["main"]
@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace) -> None:
         ("epochs", f"{h.epochs} (best {h.best_epoch}), {h.duration_s:.1f} s training"),
         (
             "train / val / calib / test",
-            f"{summary.n_train} / {summary.n_val} / {len(report.calibration.scores)} / {summary.n_test}",
+            f"{summary.n_train} / {summary.n_val} / {report.calibration.n} / {summary.n_test}",
         ),
         ("test ELBO", f"{report.test_elbo.elbo:.3f} ± {report.test_elbo.elbo_se:.3f} nats"),
         (f"test IWAE log p(x), K={report.test.k}", f"{report.test.log_px:.3f} ± {report.test.log_px_se:.3f} nats"),
@@ -167,8 +167,8 @@ def _train(args: argparse.Namespace) -> None:
         ("onnxruntime vs torch", f"max |diff| {report.parity:.1e}"),
         (
             "calibration",
-            f"K={report.calibration.k}, {len(report.calibration.scores)} scores, "
-            f"99th pct -log p(x) {report.calibration.threshold(0.99):.2f}",
+            f"K={report.calibration.k}, {report.calibration.n} inputs, scores {', '.join(report.calibration.scores)}; "
+            f"smallest alpha {report.calibration.min_alpha:.3g}",
         ),
         ("total time", f"{report.seconds:.1f} s"),
     ]
@@ -208,9 +208,9 @@ def _calibrate(args: argparse.Namespace) -> None:
         data = load_dataset(args.data, likelihood=bundle.manifest.likelihood, labels=args.labels)  # type: ignore[arg-type]
         raw = data.x if args.classes is None else select_classes(data, list(args.classes))
         name = data.name
-    calibration = calibrate(cpu_engine(bundle), raw, k=k, seed=args.seed, dataset=name)
+    calibration = calibrate(cpu_scorer(bundle), raw, k=k, seed=args.seed, dataset=name)
     update_manifest(bundle.path, calibration=calibration.model_dump())
-    q = np.quantile(calibration.scores, [0.5, 0.95, 0.99])
+    q = np.quantile(calibration.sorted_scores("nll"), [0.5, 0.95, 0.99])
     print(
         f"recalibrated {bundle.path} on {len(raw)} inputs of {name} (K={k}, seed {args.seed}): "
         f"-log p(x) median {q[0]:.2f}, 95th pct {q[1]:.2f}, 99th pct {q[2]:.2f}"

@@ -15,6 +15,7 @@ import numpy as np
 
 from vaeserve.api.manifest import Calibration, Estimate
 from vaeserve.client.images import save_grid
+from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine.engine import Engine
 from vaeserve.server.engine.results import ScoreOptions
 
@@ -46,7 +47,7 @@ def evaluate(engine: Engine, raw: np.ndarray, ks: list[int], seed: int) -> list[
     seeds = np.uint64(seed) + np.arange(len(x), dtype=np.uint64)
     rows = []
     for k in ks:
-        result = engine.score(x, ScoreOptions(k=k, anomaly=False), seeds)
+        result = engine.score(x, ScoreOptions(k=k), seeds)
         log_px, log_px_se = _mean_se(result["log_px"])
         elbo, elbo_se = _mean_se(result["elbo"])
         mc = float(np.nanmean(result["log_px_se"])) if k > 1 else float("nan")
@@ -60,10 +61,9 @@ def active_units(engine: Engine, raw: np.ndarray, threshold: float = 0.01) -> in
     return int((mean.astype(np.float64).var(axis=0) > threshold).sum())
 
 
-def calibrate(engine: Engine, raw: np.ndarray, *, k: int, seed: int, dataset: str) -> Calibration:
-    """Sorted anomaly scores -log p(x) of held-out normal data, as the server computes them."""
-    result = engine.score(engine.prepare(raw), ScoreOptions(k=k, anomaly=False), seed)
-    return Calibration(k=k, seed=seed, dataset=dataset, scores=sorted((-result["log_px"]).tolist()))
+def calibrate(scorer: AnomalyScorer, raw: np.ndarray, *, k: int, seed: int, dataset: str) -> Calibration:
+    """Every anomaly score the model can serve, of held-out normal data, sorted, as the server computes them."""
+    return scorer.calibrate(scorer.engine.prepare(raw), k=k, seed=seed, dataset=dataset)
 
 
 def save_pictures(engine: Engine, raw: np.ndarray, out: Path, *, seed: int, n: int = 32) -> list[Path]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vaeserve.api.manifest import Calibration, TrainingSummary
+from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine import Bundle, Engine, RuntimeConfig, load_bundle, publish_bundle
 from vaeserve.server.engine.bundle import staging_dir, update_manifest
 from vaeserve.training.data import Dataset, Likelihood, Splits, load_dataset, make_splits
@@ -21,7 +22,7 @@ from vaeserve.training.export import export_bundle
 from vaeserve.training.models import VAEConfig, build_model
 from vaeserve.training.train import History, TrainConfig, fit, resolve_device, seed_everything
 
-__all__ = ["RunConfig", "RunReport", "bundle_splits", "cpu_engine", "run"]
+__all__ = ["RunConfig", "RunReport", "bundle_splits", "cpu_engine", "cpu_scorer", "run"]
 
 
 @dataclass
@@ -56,6 +57,13 @@ class RunReport:
 def cpu_engine(bundle: Bundle | Path) -> Engine:
     """The serving engine on CPU, as training and evaluation use it."""
     return Engine(bundle if isinstance(bundle, Bundle) else load_bundle(bundle), RuntimeConfig(device="cpu"))
+
+
+def cpu_scorer(bundle: Bundle | Path) -> AnomalyScorer:
+    """The served anomaly scores of a bundle (with its background model, when it has one), on CPU."""
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    background = cpu_engine(loaded.background) if loaded.background is not None else None
+    return AnomalyScorer(cpu_engine(loaded), background)
 
 
 def _splits(config: RunConfig) -> tuple[Dataset, Splits]:
@@ -132,7 +140,9 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     (test_iwae,) = evaluate(engine, splits.test, [config.eval_k], seed=config.train.seed)
     test_elbo = test_iwae  # the ELBO columns come from the same K draws per input
     units = active_units(engine, splits.test)
-    calibration = calibrate(engine, splits.calib, k=config.calib_k, seed=config.calib_seed, dataset=data.name)
+    calibration = calibrate(
+        AnomalyScorer(engine), splits.calib, k=config.calib_k, seed=config.calib_seed, dataset=data.name
+    )
     summary = TrainingSummary(
         dataset=config.data,
         classes=config.classes,

@@ -271,23 +271,69 @@ class Defaults(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     THRESHOLD_QUANTILE_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    ANOMALY_SCORES_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     seed: _builtins.int
     threshold_quantile: _builtins.float
+    """1 - alpha (for clients written before alpha)."""
+    alpha: _builtins.float
+    """Level of the anomaly flags: is_anomaly = p_value <= alpha."""
+    @_builtins.property
+    def anomaly_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The anomaly scores a Score request gets when it names none (the first is `anomaly`)."""
+
     def __init__(
         self,
         *,
         k: _builtins.int = ...,
         seed: _builtins.int = ...,
         threshold_quantile: _builtins.float = ...,
+        alpha: _builtins.float = ...,
+        anomaly_scores: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "seed", b"seed", "threshold_quantile", b"threshold_quantile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "anomaly_scores", b"anomaly_scores", "k", b"k", "seed", b"seed", "threshold_quantile", b"threshold_quantile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Defaults: _TypeAlias = Defaults  # noqa: Y015
+
+@_typing.final
+class AnomalyScoreInfo(_message.Message):
+    """A named anomaly score the model can serve."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEANING_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    N_CALIBRATION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    meaning: _builtins.str
+    available: _builtins.bool
+    """False when the model lacks what the score needs (reason says what)."""
+    reason: _builtins.str
+    n_calibration: _builtins.int
+    """Calibration inputs behind its p-values (0: not calibrated, so not available)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        meaning: _builtins.str = ...,
+        available: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        n_calibration: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "meaning", b"meaning", "n_calibration", b"n_calibration", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnomalyScoreInfo: _TypeAlias = AnomalyScoreInfo  # noqa: Y015
 
 @_typing.final
 class GetModelInfoResponse(_message.Message):
@@ -302,6 +348,8 @@ class GetModelInfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     DEFAULTS_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    ANOMALY_SCORES_FIELD_NUMBER: _builtins.int
     latent_dim: _builtins.int
     likelihood: Global___Likelihood.ValueType
     manifest_json: _builtins.str
@@ -319,6 +367,14 @@ class GetModelInfoResponse(_message.Message):
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def defaults(self) -> Global___Defaults: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What a user should know before trusting the numbers, e.g. a calibration too small for the
+        default alpha (empty when there is nothing to say).
+        """
+
+    @_builtins.property
+    def anomaly_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnomalyScoreInfo]: ...
     def __init__(
         self,
         *,
@@ -331,10 +387,12 @@ class GetModelInfoResponse(_message.Message):
         limits: Global___Limits | None = ...,
         defaults: Global___Defaults | None = ...,
         server_version: _builtins.str = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        anomaly_scores: _abc.Iterable[Global___AnomalyScoreInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "header", b"header", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "execution_provider", b"execution_provider", "header", b"header", "input_shape", b"input_shape", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "limits", b"limits", "manifest_json", b"manifest_json", "server_version", b"server_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly_scores", b"anomaly_scores", "defaults", b"defaults", "execution_provider", b"execution_provider", "header", b"header", "input_shape", b"input_shape", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "limits", b"limits", "manifest_json", b"manifest_json", "server_version", b"server_version", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -624,6 +682,11 @@ class ScoreRequest(_message.Message):
     RECONSTRUCTION_FIELD_NUMBER: _builtins.int
     THRESHOLD_QUANTILE_FIELD_NUMBER: _builtins.int
     SKIP_ANOMALY_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    ANOMALY_SCORES_FIELD_NUMBER: _builtins.int
+    TYPICALITY_FIELD_NUMBER: _builtins.int
+    TARGET_SE_FIELD_NUMBER: _builtins.int
+    MAX_K_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     """Importance samples per input (default: the server's default K; 0 is refused)."""
     seed: _builtins.int
@@ -634,16 +697,31 @@ class ScoreRequest(_message.Message):
     reconstruction: _builtins.bool
     """Return the decoder's mean at the posterior mean."""
     threshold_quantile: _builtins.float
-    """Flag inputs whose anomaly score is above this quantile of the calibration
-    scores (default: the server's).
-    """
+    """Deprecated: alpha = 1 - threshold_quantile (alpha wins when both are given)."""
     skip_anomaly: _builtins.bool
-    """Skip the anomaly fields (saves a second pass when K differs from the calibration's)."""
+    """Skip the anomaly fields."""
+    alpha: _builtins.float
+    """Flag inputs whose conformal p-value is at most alpha (default: the server's, 0.01): on normal
+    data exchangeable with the calibration data at most a fraction alpha is flagged.
+    """
+    typicality: _builtins.bool
+    """Test whether the batch as a whole is typical of the normal data (Nalisnick et al. 2019)."""
+    target_se: _builtins.float
+    """Adaptive K: starting at k, double the draws of each input until its log_px_se is at most
+    target_se or max_k draws are reached; k_used says how many each input took.
+    """
+    max_k: _builtins.int
     @_builtins.property
     def model(self) -> Global___ModelSpec: ...
     @_builtins.property
     def x(self) -> Global___Tensor:
         """[B, *input_shape] or [B, prod(input_shape)], raw units."""
+
+    @_builtins.property
+    def anomaly_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Anomaly scores by name (GetModelInfo lists them; default: the model's default set). Each is
+        computed with the calibration's K and seed, whatever k is; the first also fills `anomaly`.
+        """
 
     def __init__(
         self,
@@ -657,21 +735,38 @@ class ScoreRequest(_message.Message):
         reconstruction: _builtins.bool = ...,
         threshold_quantile: _builtins.float | None = ...,
         skip_anomaly: _builtins.bool = ...,
+        alpha: _builtins.float | None = ...,
+        anomaly_scores: _abc.Iterable[_builtins.str] | None = ...,
+        typicality: _builtins.bool = ...,
+        target_se: _builtins.float | None = ...,
+        max_k: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_k", b"_k", "_seed", b"_seed", "_threshold_quantile", b"_threshold_quantile", "k", b"k", "model", b"model", "seed", b"seed", "threshold_quantile", b"threshold_quantile", "x", b"x"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_k", b"_k", "_max_k", b"_max_k", "_seed", b"_seed", "_target_se", b"_target_se", "_threshold_quantile", b"_threshold_quantile", "alpha", b"alpha", "k", b"k", "max_k", b"max_k", "model", b"model", "seed", b"seed", "target_se", b"target_se", "threshold_quantile", b"threshold_quantile", "x", b"x"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_k", b"_k", "_seed", b"_seed", "_threshold_quantile", b"_threshold_quantile", "k", b"k", "model", b"model", "per_dim", b"per_dim", "prior_estimate", b"prior_estimate", "reconstruction", b"reconstruction", "seed", b"seed", "skip_anomaly", b"skip_anomaly", "threshold_quantile", b"threshold_quantile", "x", b"x"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "_k", b"_k", "_max_k", b"_max_k", "_seed", b"_seed", "_target_se", b"_target_se", "_threshold_quantile", b"_threshold_quantile", "alpha", b"alpha", "anomaly_scores", b"anomaly_scores", "k", b"k", "max_k", b"max_k", "model", b"model", "per_dim", b"per_dim", "prior_estimate", b"prior_estimate", "reconstruction", b"reconstruction", "seed", b"seed", "skip_anomaly", b"skip_anomaly", "target_se", b"target_se", "threshold_quantile", b"threshold_quantile", "typicality", b"typicality", "x", b"x"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alpha: _TypeAlias = _typing.Literal["alpha"]  # noqa: Y015
+    _WhichOneofArgType__alpha: _TypeAlias = _typing.Literal["_alpha", b"_alpha"]  # noqa: Y015
     _WhichOneofReturnType__k: _TypeAlias = _typing.Literal["k"]  # noqa: Y015
     _WhichOneofArgType__k: _TypeAlias = _typing.Literal["_k", b"_k"]  # noqa: Y015
+    _WhichOneofReturnType__max_k: _TypeAlias = _typing.Literal["max_k"]  # noqa: Y015
+    _WhichOneofArgType__max_k: _TypeAlias = _typing.Literal["_max_k", b"_max_k"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__target_se: _TypeAlias = _typing.Literal["target_se"]  # noqa: Y015
+    _WhichOneofArgType__target_se: _TypeAlias = _typing.Literal["_target_se", b"_target_se"]  # noqa: Y015
     _WhichOneofReturnType__threshold_quantile: _TypeAlias = _typing.Literal["threshold_quantile"]  # noqa: Y015
     _WhichOneofArgType__threshold_quantile: _TypeAlias = _typing.Literal["_threshold_quantile", b"_threshold_quantile"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alpha) -> _WhichOneofReturnType__alpha | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__k) -> _WhichOneofReturnType__k | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_k) -> _WhichOneofReturnType__max_k | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target_se) -> _WhichOneofReturnType__target_se | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold_quantile) -> _WhichOneofReturnType__threshold_quantile | None: ...
 
@@ -679,6 +774,8 @@ Global___ScoreRequest: _TypeAlias = ScoreRequest  # noqa: Y015
 
 @_typing.final
 class Anomaly(_message.Message):
+    """One named anomaly score of a batch, calibrated on held-out normal data."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SCORE_FIELD_NUMBER: _builtins.int
@@ -688,21 +785,39 @@ class Anomaly(_message.Message):
     THRESHOLD_QUANTILE_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     ESTIMATOR_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    MIN_ALPHA_FIELD_NUMBER: _builtins.int
+    N_CALIBRATION_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
+    """The score above which inputs are flagged (+inf when alpha < min_alpha: none can be)."""
     threshold_quantile: _builtins.float
+    """1 - alpha (for clients written before alpha)"""
     k: _builtins.int
+    """K and estimator of the importance-sampled estimates behind the score (the calibration's)."""
     estimator: _builtins.str
+    alpha: _builtins.float
+    min_alpha: _builtins.float
+    """1 / (n + 1): the smallest alpha that can flag anything."""
+    n_calibration: _builtins.int
+    name: _builtins.str
+    """The score's name (vaeserve.api.scores.ANOMALY_SCORES)."""
     @_builtins.property
     def score(self) -> Global___Tensor:
-        """-log p(x) with the calibration's estimator and K, float64 [B]."""
+        """The score (higher: less like the normal data), float64 [B]."""
 
     @_builtins.property
     def percentile(self) -> Global___Tensor:
-        """Percent of calibration scores at or below the score, float64 [B]."""
+        """Percent of calibration scores at or below the score, float64 [B] (descriptive)."""
 
     @_builtins.property
     def is_anomaly(self) -> Global___Tensor:
-        """score > threshold, bool [B]."""
+        """p_value <= alpha, equivalently score > threshold, bool [B]."""
+
+    @_builtins.property
+    def p_value(self) -> Global___Tensor:
+        """Conformal p-value (1 + #{calibration scores >= score}) / (n + 1), float64 [B]."""
 
     def __init__(
         self,
@@ -714,14 +829,66 @@ class Anomaly(_message.Message):
         threshold_quantile: _builtins.float = ...,
         k: _builtins.int = ...,
         estimator: _builtins.str = ...,
+        p_value: Global___Tensor | None = ...,
+        alpha: _builtins.float = ...,
+        min_alpha: _builtins.float = ...,
+        n_calibration: _builtins.int = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["is_anomaly", b"is_anomaly", "percentile", b"percentile", "score", b"score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["is_anomaly", b"is_anomaly", "p_value", b"p_value", "percentile", b"percentile", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimator", b"estimator", "is_anomaly", b"is_anomaly", "k", b"k", "percentile", b"percentile", "score", b"score", "threshold", b"threshold", "threshold_quantile", b"threshold_quantile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "estimator", b"estimator", "is_anomaly", b"is_anomaly", "k", b"k", "min_alpha", b"min_alpha", "n_calibration", b"n_calibration", "name", b"name", "p_value", b"p_value", "percentile", b"percentile", "score", b"score", "threshold", b"threshold", "threshold_quantile", b"threshold_quantile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Anomaly: _TypeAlias = Anomaly  # noqa: Y015
+
+@_typing.final
+class Typicality(_message.Message):
+    """Is the batch's mean nll typical of the normal data? A bootstrap of batches of the same size
+    drawn from the calibration scores gives the null distribution of |mean - expected|.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MEAN_SCORE_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    IS_ATYPICAL_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    BOOTSTRAPS_FIELD_NUMBER: _builtins.int
+    batch_size: _builtins.int
+    mean_score: _builtins.float
+    """The batch's mean nll and the calibration's mean (nats)."""
+    expected: _builtins.float
+    threshold: _builtins.float
+    """|mean_score - expected| above which a batch is atypical at alpha."""
+    p_value: _builtins.float
+    """(1 + #{bootstrap statistics >= the batch's}) / (bootstraps + 1)."""
+    is_atypical: _builtins.bool
+    alpha: _builtins.float
+    bootstraps: _builtins.int
+    def __init__(
+        self,
+        *,
+        batch_size: _builtins.int = ...,
+        mean_score: _builtins.float = ...,
+        expected: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        is_atypical: _builtins.bool = ...,
+        alpha: _builtins.float = ...,
+        bootstraps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "batch_size", b"batch_size", "bootstraps", b"bootstraps", "expected", b"expected", "is_atypical", b"is_atypical", "mean_score", b"mean_score", "p_value", b"p_value", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Typicality: _TypeAlias = Typicality  # noqa: Y015
 
 @_typing.final
 class ScoreResponse(_message.Message):
@@ -748,6 +915,12 @@ class ScoreResponse(_message.Message):
     ANOMALY_FIELD_NUMBER: _builtins.int
     PER_DIM_FIELD_NUMBER: _builtins.int
     RECONSTRUCTION_FIELD_NUMBER: _builtins.int
+    PARETO_K_FIELD_NUMBER: _builtins.int
+    UNRELIABLE_FIELD_NUMBER: _builtins.int
+    K_USED_FIELD_NUMBER: _builtins.int
+    ANOMALIES_FIELD_NUMBER: _builtins.int
+    TYPICALITY_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     seed: _builtins.int
     @_builtins.property
@@ -814,6 +987,30 @@ class ScoreResponse(_message.Message):
     def reconstruction(self) -> Global___Tensor:
         """float32 [B, *input_shape], model space"""
 
+    @_builtins.property
+    def pareto_k(self) -> Global___Tensor:
+        """Pareto k-hat of each input's importance weights (PSIS); above 0.7 (`unreliable`) log_px and
+        its standard error cannot be trusted: raise K, or read the ELBO. NaN for K < 21.
+        """
+
+    @_builtins.property
+    def unreliable(self) -> Global___Tensor:
+        """bool [B]"""
+
+    @_builtins.property
+    def k_used(self) -> Global___Tensor:
+        """Draws each input took with target_se, int64 [B]."""
+
+    @_builtins.property
+    def anomalies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Anomaly]:
+        """Every requested anomaly score, in the order asked (the first is also `anomaly`)."""
+
+    @_builtins.property
+    def typicality(self) -> Global___Typicality: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What a user should know before trusting these numbers (e.g. a calibration too small for alpha)."""
+
     def __init__(
         self,
         *,
@@ -838,10 +1035,16 @@ class ScoreResponse(_message.Message):
         anomaly: Global___Anomaly | None = ...,
         per_dim: Global___Tensor | None = ...,
         reconstruction: Global___Tensor | None = ...,
+        pareto_k: Global___Tensor | None = ...,
+        unreliable: Global___Tensor | None = ...,
+        k_used: Global___Tensor | None = ...,
+        anomalies: _abc.Iterable[Global___Anomaly] | None = ...,
+        typicality: Global___Typicality | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "k_used", b"k_used", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "pareto_k", b"pareto_k", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term", "typicality", b"typicality", "unreliable", b"unreliable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "k", b"k", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "k", b"k", "k_used", b"k_used", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "pareto_k", b"pareto_k", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term", "seed", b"seed", "typicality", b"typicality", "unreliable", b"unreliable", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,6 +52,7 @@ class Bundle:
     manifest: Manifest
     encoder: onnx.ModelProto
     decoder: onnx.ModelProto
+    background: Bundle | None = None  # the likelihood_ratio score's background model, when there is one
 
 
 def sha256_of(path: Path) -> str:
@@ -82,7 +83,25 @@ def load_bundle(path: str | Path) -> Bundle:
         "output",
         {name: lead + tuple(manifest.input_shape) for name in manifest.decoder_outputs},
     )
-    return Bundle(root, manifest, encoder, decoder)
+    return Bundle(root, manifest, encoder, decoder, _read_background(root, manifest))
+
+
+def _read_background(root: Path, manifest: Manifest) -> Bundle | None:
+    """The background bundle inside this one: hash-checked, a bundle of the same inputs, without its own."""
+    if manifest.background is None or manifest.background_manifest is None:
+        return None
+    relative = manifest.background_manifest
+    _check_hash(root / relative, manifest.sha256[relative])
+    background = load_bundle(root / manifest.background)
+    b = background.manifest
+    if b.background is not None:
+        raise BundleError(f"{root / relative}: a background model cannot have a background of its own")
+    if b.input_shape != manifest.input_shape or b.preprocessing != manifest.preprocessing:
+        raise BundleError(
+            f"{root / relative}: the background model must take the same inputs as the model "
+            f"(input_shape {b.input_shape} vs {manifest.input_shape}, and the same preprocessing)"
+        )
+    return background
 
 
 def save_bundle(path: str | Path, encoder: onnx.ModelProto, decoder: onnx.ModelProto, **fields: Any) -> Bundle:
@@ -150,7 +169,7 @@ def _read_manifest(path: Path) -> Manifest:
         raise BundleError(f"{path}: invalid manifest: {problems}") from exc
 
 
-def _read_model(path: Path, expected_sha256: str) -> onnx.ModelProto:
+def _check_hash(path: Path, expected_sha256: str) -> None:
     if not path.is_file():
         raise BundleError(f"{path}: missing; the manifest lists it")
     actual = sha256_of(path)
@@ -159,6 +178,10 @@ def _read_model(path: Path, expected_sha256: str) -> onnx.ModelProto:
             f"{path}: sha256 mismatch (manifest {expected_sha256[:12]}..., file {actual[:12]}...); "
             "the file was changed or corrupted after export"
         )
+
+
+def _read_model(path: Path, expected_sha256: str) -> onnx.ModelProto:
+    _check_hash(path, expected_sha256)
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)

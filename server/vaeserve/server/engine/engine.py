@@ -9,8 +9,9 @@ them (deadline, cancellation).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,17 +25,33 @@ from vaeserve.server.engine.estimators import (
     kl_to_standard_normal,
     log_standard_normal_const,
 )
-from vaeserve.server.engine.graphs import LOG_LIK, PER_DIM, Z_LOGVAR, Z_MEAN, Z_SQ, Variant, build_score_graph
+from vaeserve.server.engine.graphs import (
+    LOG_LIK,
+    PER_DIM,
+    SQ_ERR,
+    Z_LOGVAR,
+    Z_MEAN,
+    Z_SQ,
+    Variant,
+    build_score_graph,
+)
 from vaeserve.server.engine.inputs import InputChecker, require_finite
 from vaeserve.server.engine.noise import NoiseCache, NoiseSource, stream
-from vaeserve.server.engine.results import AnomalyThreshold, ScoreOptions, ScoreResult
+from vaeserve.server.engine.psis import KHAT_UNRELIABLE, tail_size
+from vaeserve.server.engine.results import ScoreOptions, ScoreResult
 from vaeserve.server.engine.runtime import RuntimeConfig, SizedRunner, choose_providers
 from vaeserve.server.errors import InvalidArgument
 
 __all__ = ["Check", "Engine", "no_check"]
 
 Check = Callable[[], None]
-_VARIANTS = [Variant(p, d) for p in ("posterior", "prior") for d in (False, True)]
+# Built and warmed up at load; other combinations (per_dim with sq_err) are built on first use.
+_VARIANTS = [
+    Variant("posterior"),
+    Variant("posterior", per_dim=True),
+    Variant("posterior", sq_err=True),
+    Variant("prior"),
+]
 SMALL_RUN = 64  # inputs x draws up to which a run is single-threaded (cheaper than waking a thread pool)
 
 
@@ -49,6 +66,7 @@ class _Estimation:
     elbo: ElboSums
     z_mean: np.ndarray
     z_logvar: np.ndarray
+    sq_err: np.ndarray | None  # mean over the draws of ||x - E[x|z_k]||^2
 
 
 @dataclass
@@ -59,6 +77,7 @@ class _Chunk:
     z_mean: np.ndarray | None = None
     z_logvar: np.ndarray | None = None
     per_dim: np.ndarray | None = None
+    sq_err: np.ndarray | None = None
 
 
 class Engine:
@@ -76,7 +95,9 @@ class Engine:
         providers = choose_providers(config)
         self._encoder = SizedRunner(bundle.encoder, config, providers, SMALL_RUN)
         self._decoder = SizedRunner(bundle.decoder, config, providers, SMALL_RUN)
-        self._score = {v: SizedRunner(build_score_graph(bundle, v), config, providers, SMALL_RUN) for v in _VARIANTS}
+        self._config, self._providers = config, providers
+        self._score = {v: self._runner(v) for v in _VARIANTS}
+        self._score_lock = threading.Lock()
         self.provider = self._encoder.provider
         self.chunk_samples = chunk_samples
         self.noise = NoiseSource(self.manifest.latent_dim, noise_cache)
@@ -173,10 +194,39 @@ class Engine:
     ) -> ScoreResult:
         """Scores model-space inputs x [B, D]. `seed` is one seed for all inputs, or one per input."""
         seeds = np.broadcast_to(np.asarray(seed, dtype=np.uint64), (len(x),))
+        if options.k < 1:
+            raise InvalidArgument(f"k must be at least 1, got {options.k}")
+        if options.target_se is None:
+            return self._score_fixed(x, options, seeds, check)
+        return self._score_adaptive(x, options, seeds, check)
+
+    def _score_adaptive(self, x: np.ndarray, options: ScoreOptions, seeds: np.ndarray, check: Check) -> ScoreResult:
+        """Doubles K for the inputs whose log_px_se is above target_se, up to max_k.
+
+        Each round scores the inputs still open from scratch with the first K draws of their seeds,
+        so an input's numbers are exactly those of a plain request at its k_used (and never depend
+        on the other inputs); the cost is at most twice that of the last round.
+        """
+        assert options.target_se is not None
+        cap = max(options.max_k or options.k, options.k)
+        k, open_rows = options.k, np.arange(len(x))
+        k_used = np.zeros(len(x), np.int64)
+        result: ScoreResult | None = None
+        while True:
+            part = self._score_fixed(x[open_rows], replace(options, k=k, target_se=None), seeds[open_rows], check)
+            result = part.expanded(len(x), open_rows) if result is None else result.put(open_rows, part)
+            k_used[open_rows] = k
+            done = (part["log_px_se"] <= options.target_se) | (k >= cap)
+            open_rows = open_rows[~done]
+            if not len(open_rows):
+                break
+            k = min(2 * k, cap)
+        result.columns["k_used"] = k_used
+        return result
+
+    def _score_fixed(self, x: np.ndarray, options: ScoreOptions, seeds: np.ndarray, check: Check) -> ScoreResult:
         k = options.k
-        if k < 1:
-            raise InvalidArgument(f"k must be at least 1, got {k}")
-        main = self._estimate(x, k, seeds, Variant("posterior", options.per_dim), check)
+        main = self._estimate(x, k, seeds, Variant("posterior", options.per_dim, options.sq_err), check)
         elbo_sums, iwae, mean, logvar = main.elbo, main.iwae, main.z_mean, main.z_logvar
         kl = kl_to_standard_normal(mean, logvar)
         entropy = gaussian_entropy(logvar)
@@ -194,10 +244,13 @@ class Engine:
                 "log_px": iwae.log_px,
                 "log_px_se": iwae.se,
                 "ess": iwae.ess,
+                "pareto_k": iwae.pareto_k,
+                "unreliable": iwae.pareto_k > KHAT_UNRELIABLE,
                 "bits_per_dim": -iwae.log_px / (self.manifest.dim * math.log(2.0)),
                 "gap": iwae.log_px - elbo,
                 "gap_se": np.sqrt(elbo_se**2 + iwae.se**2),
-            }
+            },
+            sq_err=main.sq_err,
         )
         if options.per_dim and elbo_sums.per_dim is not None:
             per_dim = elbo_sums.per_dim / elbo_sums.n[:, None] + self._per_dim_const
@@ -205,26 +258,17 @@ class Engine:
         if options.prior_estimate:
             prior = self._estimate(x, k, seeds, Variant("prior"), check).iwae
             result.columns.update(prior_log_px=prior.log_px, prior_log_px_se=prior.se, prior_ess=prior.ess)
-        calibration = self.manifest.calibration
-        if options.anomaly and calibration is not None:
-            log_px = (
-                iwae.log_px
-                if calibration.k == k
-                else self._estimate(x, calibration.k, seeds, Variant("posterior"), check).iwae.log_px
-            )
-            result.columns.update(anomaly_score=-log_px, percentile=calibration.percentile(-log_px))
-            self.flag(result, options.threshold_quantile)
         if options.reconstruction:
             result.reconstruction = self.reconstruct(x)
         return result
 
-    def flag(self, result: ScoreResult, quantile: float) -> None:
-        """Sets the anomaly flags of a result for a threshold at `quantile` of the calibration scores."""
-        calibration = self.manifest.calibration
-        assert calibration is not None
-        threshold = _threshold(calibration.threshold, quantile)
-        result.columns["is_anomaly"] = result.columns["anomaly_score"] > threshold
-        result.anomaly = AnomalyThreshold(threshold, quantile, calibration.k, calibration.estimator)
+    def nll(
+        self, x: np.ndarray, k: int, seed: int, *, sq_err: bool = False, check: Check = no_check
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """-log p(x) (IWAE with K draws of one seed) and, when asked, E_q ||x - E[x|z]||^2: the anomaly scores' pass."""
+        seeds = np.full(len(x), seed, dtype=np.uint64)
+        est = self._estimate(x, k, seeds, Variant("posterior", sq_err=sq_err), check, pareto=False)
+        return -est.iwae.log_px, est.sq_err
 
     def _plan(self, k: int) -> tuple[int, int]:
         """(inputs per run, draws per run) with their product near chunk_samples."""
@@ -239,13 +283,16 @@ class Engine:
             block = np.stack(pieces)
             yield block if len(unique) == 1 else block[inverse]
 
-    def _estimate(self, x: np.ndarray, k: int, seeds: np.ndarray, variant: Variant, check: Check) -> _Estimation:
+    def _estimate(
+        self, x: np.ndarray, k: int, seeds: np.ndarray, variant: Variant, check: Check, *, pareto: bool = True
+    ) -> _Estimation:
         batch = len(x)
         rows_per_run, draws = self._plan(k)
-        iwae = LogMeanExp(batch)
+        iwae = LogMeanExp(batch, tail=tail_size(k) if pareto and variant.proposal == "posterior" else 0)
         elbo = ElboSums(batch, self.manifest.dim if variant.per_dim else None)
         mean = np.zeros((batch, self.manifest.latent_dim), np.float32)
         logvar = np.zeros_like(mean)
+        sq_err = np.zeros(batch) if variant.sq_err else None
         for start in range(0, batch, rows_per_run):
             rows = slice(start, min(start + rows_per_run, batch))
             for eps in self._noise_blocks(seeds[rows], k, draws):
@@ -254,13 +301,15 @@ class Engine:
                 if chunk.z_mean is not None and chunk.z_logvar is not None and chunk.log_pz is not None:
                     mean[rows], logvar[rows] = chunk.z_mean, chunk.z_logvar
                     elbo.add(rows, chunk.log_lik, chunk.log_pz, chunk.per_dim)
+                if sq_err is not None and chunk.sq_err is not None:
+                    sq_err[rows] += chunk.sq_err.sum(axis=1, dtype=np.float64)
                 iwae.add(rows, chunk.log_w)
-        return _Estimation(iwae.result(), elbo, mean, logvar)
+        return _Estimation(iwae.result(), elbo, mean, logvar, None if sq_err is None else sq_err / k)
 
     def _run_chunk(self, variant: Variant, x: np.ndarray, eps: np.ndarray, first_row: int) -> _Chunk:
         """One session run: log p(x|z_k), log p(z_k) and log w_k for draws eps [E, C, L] of inputs x."""
         rows = len(x) * eps.shape[1]
-        out = dict(zip(variant.outputs, self._score[variant].run(variant.outputs, {"x": x, "eps": eps}, rows)))
+        out = dict(zip(variant.outputs, self._scorer(variant).run(variant.outputs, {"x": x, "eps": eps}, rows)))
         log_lik = out[LOG_LIK].astype(np.float64) + self._log_lik_const
         if variant.proposal == "prior":
             chunk = _Chunk(log_lik=log_lik, log_pz=None, log_w=log_lik)
@@ -277,9 +326,20 @@ class Engine:
                 z_mean=out[Z_MEAN],
                 z_logvar=logvar,
                 per_dim=out.get(PER_DIM),
+                sq_err=out.get(SQ_ERR),
             )
         _require_finite_scores(chunk.log_w, first_row)
         return chunk
+
+    def _runner(self, variant: Variant) -> SizedRunner:
+        return SizedRunner(build_score_graph(self.bundle, variant), self._config, self._providers, SMALL_RUN)
+
+    def _scorer(self, variant: Variant) -> SizedRunner:
+        runner = self._score.get(variant)
+        if runner is None:
+            with self._score_lock:
+                runner = self._score.get(variant) or self._score.setdefault(variant, self._runner(variant))
+        return runner
 
     def _proposal_log_weights(self, x: np.ndarray, proposals: int, seed: int, check: Check) -> np.ndarray:
         """log w [B, proposals] for the seed's first draws, for importance resampling."""
@@ -314,13 +374,7 @@ class Engine:
         for variant in _VARIANTS:
             self._estimate(x, 2, np.zeros(2, np.uint64), variant, no_check)
             self._estimate(big, 2, np.zeros(len(big), np.uint64), variant, no_check)
-
-
-def _threshold(read: Callable[[float], float], quantile: float) -> float:
-    try:
-        return read(quantile)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from exc
+        self._estimate(x, 32, np.zeros(2, np.uint64), Variant("posterior"), no_check)  # the Pareto tail fit
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -6,8 +6,9 @@ For input x with q = N(mu, diag(exp(logvar))) and draws z_k = mu + exp(logvar / 
   SE      = sd(w) / (sqrt(K) mean(w))   (delta method, in log space) = sqrt((K/ESS - 1) / (K - 1))
   ESS     = (sum w)^2 / sum w^2
   ELBO    = mean_k log p(x|z_k) - KL(q || N(0, I)),  KL in closed form
+  k-hat   = the generalized Pareto shape of the largest weights (PSIS: above 0.7, unreliable)
 Sums of w run as (max, sum exp(lw - max), sum exp(2 (lw - max))) so memory stays bounded
-and nothing overflows whatever K is.
+and nothing overflows whatever K is; for k-hat only the M + 1 largest log weights are kept.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from vaeserve.server.engine.psis import pareto_khat
 
 __all__ = [
     "ElboSums",
@@ -47,16 +50,19 @@ class Estimate:
     log_px: np.ndarray
     se: np.ndarray
     ess: np.ndarray
+    pareto_k: np.ndarray  # NaN where not fitted
 
 
 class LogMeanExp:
     """Running log (1/K) sum_k w_k, its delta-method standard error and the ESS, per input."""
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, tail: int = 0) -> None:
         self.max = np.full(batch, -np.inf)
         self.s1 = np.zeros(batch)
         self.s2 = np.zeros(batch)
         self.n = np.zeros(batch, dtype=np.int64)
+        # The tail + 1 largest log weights per input, for k-hat (tail = 0: no fit).
+        self.top = np.full((batch, tail + 1), -np.inf) if tail else None
 
     def add(self, rows: slice, log_w: np.ndarray) -> None:
         """log_w: float64 [b, C], the new draws for inputs `rows`."""
@@ -67,6 +73,10 @@ class LogMeanExp:
         self.s2[rows] = self.s2[rows] * rescale * rescale + (shifted * shifted).sum(axis=1)
         self.max[rows] = new_max
         self.n[rows] += log_w.shape[1]
+        if self.top is not None:
+            keep = self.top.shape[1]
+            both = np.concatenate([self.top[rows], log_w], axis=1)
+            self.top[rows] = np.partition(both, both.shape[1] - keep, axis=1)[:, -keep:]
 
     def result(self) -> Estimate:
         n = self.n.astype(np.float64)
@@ -74,7 +84,8 @@ class LogMeanExp:
         ess = self.s1 * self.s1 / self.s2
         with np.errstate(divide="ignore", invalid="ignore"):
             se = np.where(n > 1, np.sqrt(np.maximum(n / ess - 1.0, 0.0) / (n - 1.0)), np.nan)
-        return Estimate(log_px, se, ess)
+        pareto_k = pareto_khat(self.top) if self.top is not None else np.full(len(self.n), np.nan)
+        return Estimate(log_px, se, ess, pareto_k)
 
 
 class ElboSums:

@@ -23,7 +23,17 @@ from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 from vaeserve.api.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS
 from vaeserve.server.engine.bundle import Bundle
 
-__all__ = ["LOG_LIK", "MIN_OPSET", "PER_DIM", "Z_LOGVAR", "Z_MEAN", "Z_SQ", "Variant", "build_score_graph"]
+__all__ = [
+    "LOG_LIK",
+    "MIN_OPSET",
+    "PER_DIM",
+    "SQ_ERR",
+    "Z_LOGVAR",
+    "Z_MEAN",
+    "Z_SQ",
+    "Variant",
+    "build_score_graph",
+]
 
 MIN_OPSET = 18  # Reduce* ops take their axes as an input
 LOG_LIK = "log_px_given_z"  # [B, C]
@@ -31,17 +41,19 @@ Z_SQ = "z_sq"  # [B, C], posterior variant only
 Z_MEAN = "z_mean"  # [B, L], posterior variant only
 Z_LOGVAR = "z_logvar"  # [B, L], posterior variant only
 PER_DIM = "per_dim_sum"  # [B, D]: log p(x_d|z_k) summed over the chunk's draws
+SQ_ERR = "sq_err"  # [B, C]: ||x - E[x|z_k]||^2, the reconstruction anomaly score's draws
 
 
 @dataclass(frozen=True)
 class Variant:
     proposal: Literal["posterior", "prior"]
     per_dim: bool = False
+    sq_err: bool = False
 
     @property
     def outputs(self) -> list[str]:
         names = [LOG_LIK] + ([Z_SQ, Z_MEAN, Z_LOGVAR] if self.proposal == "posterior" else [])
-        return names + ([PER_DIM] if self.per_dim else [])
+        return names + ([PER_DIM] if self.per_dim else []) + ([SQ_ERR] if self.sq_err else [])
 
 
 class _Builder:
@@ -111,11 +123,16 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
             elementwise = _bernoulli_elementwise(g, x3, logits)
         else:
             _bernoulli_sum(g, "x", logits, dim, out=LOG_LIK)
+        if variant.sq_err:
+            miss = g.op("Sub", x3, g.op("Sigmoid", logits))
+            g.op("ReduceSum", g.op("Mul", miss, miss), axis2, out=SQ_ERR, keepdims=0)
     else:
         mean_name, logvar_name = manifest.decoder_outputs
         mean = g.op("Reshape", f"decoder/{mean_name}", to_bcd)
         logvar = g.op("Reshape", f"decoder/{logvar_name}", to_bcd)
         diff = g.op("Sub", x3, mean)
+        if variant.sq_err:
+            g.op("ReduceSum", g.op("Mul", diff, diff), axis2, out=SQ_ERR, keepdims=0)
         quad = g.op("Mul", g.op("Mul", diff, diff), g.op("Exp", g.op("Neg", logvar)))
         elementwise = g.op("Mul", g.op("Add", logvar, quad), g.const(np.array(-0.5, np.float32), "minus_half"))
     if elementwise is not None:
@@ -134,6 +151,7 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
         Z_MEAN: ["batch", latent],
         Z_LOGVAR: ["batch", latent],
         PER_DIM: ["batch", dim],
+        SQ_ERR: ["batch", "draws"],
     }
     outputs = [helper.make_tensor_value_info(name, float_in, shapes[name]) for name in variant.outputs]
     nodes = [n for part in parts for n in part.node]
@@ -142,7 +160,8 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
     # The checker wants every input produced before use; glue sits before and after the sub-graphs.
     graph = helper.make_graph(
         _topological(g.nodes + nodes, inputs=["x", "eps"], initializers={t.name for t in initializers}),
-        f"{bundle.manifest.name}-score-{variant.proposal}{'-per-dim' if variant.per_dim else ''}",
+        f"{bundle.manifest.name}-score-{variant.proposal}{'-per-dim' if variant.per_dim else ''}"
+        f"{'-sq-err' if variant.sq_err else ''}",
         inputs,
         outputs,
         initializer=initializers,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from vaeserve.api.scores import SCORE_COLUMNS
 
-__all__ = ["AnomalyThreshold", "ScoreOptions", "ScoreResult"]
+__all__ = ["ScoreOptions", "ScoreResult"]
 
 _KNOWN = frozenset(c.name for c in SCORE_COLUMNS)
 
@@ -19,18 +19,9 @@ class ScoreOptions:
     prior_estimate: bool = False
     per_dim: bool = False
     reconstruction: bool = False
-    anomaly: bool = True
-    threshold_quantile: float = 0.99
-
-
-@dataclass(frozen=True)
-class AnomalyThreshold:
-    """How the anomaly columns were made: the flag's threshold and the calibration's estimator."""
-
-    threshold: float
-    threshold_quantile: float
-    k: int
-    estimator: str
+    sq_err: bool = False  # also E_q ||x - E[x|z]||^2 from the same draws (the reconstruction anomaly score)
+    target_se: float | None = None  # adaptive K: double k per input until log_px_se <= target_se
+    max_k: int | None = None  # ... or this many draws
 
 
 @dataclass
@@ -38,9 +29,9 @@ class ScoreResult:
     """Per-input results: `columns` by name (each [B]), plus the per-dimension arrays when asked for."""
 
     columns: dict[str, np.ndarray]
-    anomaly: AnomalyThreshold | None = None
     per_dim: np.ndarray | None = None  # [B, *input_shape]
     reconstruction: np.ndarray | None = None  # [B, *input_shape]
+    sq_err: np.ndarray | None = field(default=None, repr=False)  # [B], with ScoreOptions.sq_err
 
     def __post_init__(self) -> None:
         unknown = self.columns.keys() - _KNOWN
@@ -53,11 +44,44 @@ class ScoreResult:
     def __len__(self) -> int:
         return len(self.columns["log_px"])
 
-    def rows(self, rows: slice) -> ScoreResult:
-        """The results of a contiguous run of inputs (to split a merged batch)."""
+    def rows(self, rows: slice | np.ndarray) -> ScoreResult:
+        """The results of some inputs (to split a merged batch)."""
         return replace(
             self,
             columns={name: value[rows] for name, value in self.columns.items()},
-            per_dim=None if self.per_dim is None else self.per_dim[rows],
-            reconstruction=None if self.reconstruction is None else self.reconstruction[rows],
+            per_dim=_take(self.per_dim, rows),
+            reconstruction=_take(self.reconstruction, rows),
+            sq_err=_take(self.sq_err, rows),
         )
+
+    def expanded(self, n: int, index: np.ndarray) -> ScoreResult:
+        """A result for n inputs holding this one's rows at `index` (the rest to be `put`)."""
+
+        def grow(a: np.ndarray | None) -> np.ndarray | None:
+            if a is None:
+                return None
+            out = np.zeros((n, *a.shape[1:]), a.dtype)
+            out[index] = a
+            return out
+
+        return ScoreResult(
+            {name: grow(v) for name, v in self.columns.items()},  # type: ignore[misc]
+            grow(self.per_dim),
+            grow(self.reconstruction),
+            grow(self.sq_err),
+        )
+
+    def put(self, index: np.ndarray, part: ScoreResult) -> ScoreResult:
+        """Writes part's rows over this result's rows at `index`; returns self."""
+        for name, value in part.columns.items():
+            self.columns[name][index] = value
+        for mine, theirs in ((self.per_dim, part.per_dim), (self.reconstruction, part.reconstruction)):
+            if mine is not None and theirs is not None:
+                mine[index] = theirs
+        if self.sq_err is not None and part.sq_err is not None:
+            self.sq_err[index] = part.sq_err
+        return self
+
+
+def _take(a: np.ndarray | None, rows: slice | np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[rows]

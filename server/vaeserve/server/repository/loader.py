@@ -38,6 +38,12 @@ class ModelLoader:
         )
         engine = Engine(bundle, runtime, chunk_samples=settings.chunk_samples, noise_cache=self.noise_cache)
         engine.warm_up()
+        background = None
+        if bundle.background is not None:
+            background = Engine(
+                bundle.background, runtime, chunk_samples=settings.chunk_samples, noise_cache=self.noise_cache
+            )
+            background.warm_up()
         m = bundle.manifest
         if m.name != name:
             log.info("bundle %s names itself %s; served as %s", path, m.name, name)
@@ -49,7 +55,14 @@ class ModelLoader:
             m.likelihood,
             m.input_shape,
             m.latent_dim,
-            f"K={m.calibration.k} on {len(m.calibration.scores)} inputs" if m.calibration else "none",
+            f"K={m.calibration.k} on {m.calibration.n} inputs ({', '.join(m.calibration.scores)})"
+            if m.calibration
+            else "none",
             engine.provider,
         )
-        return ServedModel(engine, settings, self.executor, name=name, version=version, metrics=self.metrics)
+        served = ServedModel(
+            engine, settings, self.executor, name=name, version=version, metrics=self.metrics, background=background
+        )
+        for warning in served.warnings:
+            log.warning("model %s:%s: %s", name, version, warning)
+        return served

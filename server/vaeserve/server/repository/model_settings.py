@@ -16,8 +16,9 @@ import tomllib
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from vaeserve.api.scores import ANOMALY_SCORES
 from vaeserve.server.settings import Settings
 
 __all__ = ["MODEL_SETTINGS_FILE", "ModelSettings", "ModelSettingsError", "VersionPolicy", "read_model_settings"]
@@ -64,7 +65,9 @@ class ModelSettings(_Strict):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     default_k: PositiveInt | None = None
     default_seed: int | None = Field(None, ge=0, lt=2**64)
-    threshold_quantile: float | None = Field(None, ge=0.0, le=1.0)
+    alpha: float | None = Field(None, gt=0.0, le=1.0)
+    threshold_quantile: float | None = Field(None, ge=0.0, lt=1.0)
+    anomaly_scores: tuple[str, ...] | None = None
     max_batch: PositiveInt | None = None
     max_k: PositiveInt | None = None
     max_samples: PositiveInt | None = None
@@ -77,7 +80,18 @@ class ModelSettings(_Strict):
 
     def over(self, settings: Settings) -> Settings:
         """The server's settings with this model's own values in their place (each validated here)."""
-        return settings.model_copy(update=self.model_dump(exclude_none=True, exclude={"version_policy"}))
+        update = self.model_dump(exclude_none=True, exclude={"version_policy"})
+        if self.threshold_quantile is not None and self.alpha is None:
+            update["alpha"] = 1.0 - self.threshold_quantile  # the model's own quantile wins over the server's alpha
+        return settings.model_copy(update=update)
+
+    @field_validator("anomaly_scores")
+    @classmethod
+    def _known_scores(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        known = [s.name for s in ANOMALY_SCORES]
+        if names is not None and (not names or any(n not in known for n in names)):
+            raise ValueError(f"anomaly scores are {', '.join(known)}; got {', '.join(names) or 'none'}")
+        return names
 
 
 class ModelSettingsError(ValueError):

@@ -8,10 +8,12 @@ seed and K, so a converter never needs the model's settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.server.anomaly import AnomalyResult, TypicalityResult
 from vaeserve.server.engine.results import ScoreOptions, ScoreResult
 
 __all__ = [
@@ -79,8 +81,16 @@ class ScoreCall:
     prior_estimate: bool = False
     per_dim: bool = False
     reconstruction: bool = False
-    anomaly: bool = True
-    threshold_quantile: float | None = None
+    anomaly: bool = True  # False: skip_anomaly
+    threshold_quantile: float | None = None  # deprecated: alpha = 1 - threshold_quantile
+    alpha: float | None = None
+    anomaly_scores: tuple[str, ...] = ()  # empty: the model's default set, when it comes free
+    typicality: bool = False
+    target_se: float | None = None
+    max_k: int | None = None
+
+
+_ANOMALY_COLUMNS = {c.name: c.path[-1] for c in SCORE_COLUMNS if c.group == "anomaly"}
 
 
 @dataclass(frozen=True)
@@ -88,3 +98,14 @@ class Scored:
     result: ScoreResult
     options: ScoreOptions
     seed: int
+    anomalies: list[AnomalyResult] = field(default_factory=list)  # in the order asked; the first fills `anomaly`
+    typicality: TypicalityResult | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The per-input columns of vaeserve.api.scores.SCORE_COLUMNS that this reply has, by name."""
+        columns = dict(self.result.columns)
+        if self.anomalies:
+            first = self.anomalies[0]
+            columns.update({name: first.field(leaf) for name, leaf in _ANOMALY_COLUMNS.items()})
+        return columns

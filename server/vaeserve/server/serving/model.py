@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.api.scores import ANOMALY_FIELDS, SCORE_COLUMNS
+from vaeserve.server.anomaly import AnomalyScorer, alpha_of
 from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.engine import Engine, ScoreOptions, ScoreResult, no_check
 from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded
@@ -58,7 +59,25 @@ class Limits:
 class Defaults:
     k: int
     seed: int
-    threshold_quantile: float
+    alpha: float
+    anomaly_scores: tuple[str, ...]  # what a Score request gets when it names none (the first fills `anomaly`)
+
+
+@dataclass(frozen=True)
+class _AnomalyPlan:
+    """The anomaly part of a Score request: which scores, the typicality test, and whether the
+    request's own pass (the calibration's K and seed) gives their nll."""
+
+    names: tuple[str, ...] = ()
+    typicality: bool = False
+    reuse: bool = False
+
+    @property
+    def computed(self) -> tuple[str, ...]:
+        return self.names + (("nll",) if self.typicality and "nll" not in self.names else ())
+
+
+_BatchKey = str | tuple[str, ScoreOptions, _AnomalyPlan]
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,8 @@ class _ScoreItem:
     x: np.ndarray
     seed: int
     options: ScoreOptions
+    plan: _AnomalyPlan
+    alpha: float
     deadline: float | None
 
 
@@ -81,8 +102,10 @@ class ServedModel:
         name: str | None = None,
         version: str | None = None,
         metrics: Metrics | None = None,
+        background: Engine | None = None,
     ) -> None:
         self.engine = engine
+        self.scorer = AnomalyScorer(engine, background)
         self.manifest: Manifest = engine.manifest
         self.name = name or self.manifest.name
         self.version = version or self.manifest.version
@@ -96,16 +119,19 @@ class ServedModel:
             settings.max_in_flight,
             settings.max_message_mb << 20,
         )
+        served = self.scorer.served()
         self.defaults = Defaults(
             k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
             seed=settings.default_seed,
-            threshold_quantile=settings.threshold_quantile,
+            alpha=settings.flag_alpha,
+            anomaly_scores=tuple(n for n in settings.anomaly_scores if n in served) or tuple(served[:1]),
         )
+        self.warnings = self.scorer.warnings(self.defaults.alpha)
         self._executor = executor
         self._batching = settings.batching
         self._batch_max_k = settings.batch_max_k
         self._inline_rows = settings.inline_rows
-        self._batchers: dict[str | tuple[str, ScoreOptions], DynamicBatcher[Any, Any]] = {}
+        self._batchers: dict[_BatchKey, DynamicBatcher[Any, Any]] = {}
         self._batch_max_inputs = settings.batch_max_inputs
         self._batch_max_delay_s = settings.batch_max_delay_ms / 1e3
         self.metrics = metrics
@@ -225,22 +251,62 @@ class ServedModel:
     async def score(self, call: ScoreCall, deadline: float | None = None) -> Scored:
         k = self.defaults.k if call.k is None else call.k
         self.check_k(k)
-        quantile = self.defaults.threshold_quantile if call.threshold_quantile is None else call.threshold_quantile
-        if not 0.0 <= quantile <= 1.0:
-            raise InvalidArgument(f"threshold_quantile must lie in [0, 1], got {quantile}")
+        alpha = alpha_of(call.alpha, call.threshold_quantile, self.defaults.alpha)
+        target_se, max_k = self._adaptive(call, k)
         x = self.prepare(call.x)
+        seed = self._seed(call.seed)
+        plan, skipped = self._plan(call, k, seed, adaptive=target_se is not None)
         options = ScoreOptions(
             k=k,
             prior_estimate=call.prior_estimate,
             per_dim=call.per_dim,
             reconstruction=call.reconstruction,
-            anomaly=call.anomaly,
-            threshold_quantile=quantile,
+            sq_err=plan.reuse and any(n == "reconstruction" for n in plan.names),
+            target_se=target_se,
+            max_k=max_k,
         )
-        per_input = 8 * (len(SCORE_COLUMNS) + 2) + self.manifest.dim * (8 * call.per_dim + 4 * call.reconstruction)
+        per_input = 8 * (len(SCORE_COLUMNS) + 2 + len(ANOMALY_FIELDS) * len(plan.names))
+        per_input += self.manifest.dim * (8 * call.per_dim + 4 * call.reconstruction)
         self.check_reply(len(x) * per_input, f"scoring {len(x)} inputs")
-        seed = self._seed(call.seed)
-        return Scored(await self._score(x, options, seed, deadline), options, seed)
+        scored = await self._score(_ScoreItem(x, seed, options, plan, alpha, deadline))
+        warnings = [*scored.warnings, *([skipped] if skipped else [])]
+        return replace(scored, warnings=warnings) if skipped else scored
+
+    def _adaptive(self, call: ScoreCall, k: int) -> tuple[float | None, int | None]:
+        if call.target_se is None:
+            if call.max_k is not None:
+                raise InvalidArgument("max_k goes with target_se (adaptive K); for a fixed K set k")
+            return None, None
+        if not call.target_se > 0.0:
+            raise InvalidArgument(f"target_se must be above 0, got {call.target_se}")
+        max_k = self.limits.max_k if call.max_k is None else call.max_k
+        self.check_k(max_k, "max_k")
+        if max_k < k:
+            raise InvalidArgument(f"max_k={max_k} is below k={k}: adaptive K starts at k and doubles up to max_k")
+        return call.target_se, max_k
+
+    def _plan(self, call: ScoreCall, k: int, seed: int, *, adaptive: bool) -> tuple[_AnomalyPlan, str | None]:
+        """Which anomaly scores to compute, and a warning when the defaults were left out."""
+        calibration = self.manifest.calibration
+        asked = bool(call.anomaly_scores) or call.typicality
+        if calibration is None:
+            if asked:
+                raise InvalidArgument("this model has no anomaly calibration: no anomaly scores or typicality test")
+            return _AnomalyPlan(), None
+        free = k == calibration.k and seed == calibration.seed and not adaptive
+        if not call.anomaly:
+            names: tuple[str, ...] = ()
+        elif call.anomaly_scores:
+            names = self.scorer.resolve(call.anomaly_scores)
+        elif free:
+            names = self.defaults.anomaly_scores
+        else:
+            return _AnomalyPlan((), call.typicality, free), (
+                f"no anomaly scores: they use the calibration's K={calibration.k} and seed {calibration.seed}, "
+                f"and this request has K={k}{' (adaptive)' if adaptive else ''} and seed {seed}; "
+                f"name them (anomaly_scores) to compute them in a second pass"
+            )
+        return _AnomalyPlan(names, call.typicality, free), None
 
     # --- execution ------------------------------------------------------------------------------
 
@@ -281,23 +347,53 @@ class ServedModel:
             return await self._batcher("decode", self._decode_many).submit(z, len(z))
         return (await self._decode_many([z]))[0]
 
-    async def _score(self, x: np.ndarray, options: ScoreOptions, seed: int, deadline: float | None) -> ScoreResult:
+    async def _score(self, item: _ScoreItem) -> Scored:
         calibration = self.manifest.calibration
-        cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
-        self._count("Score", len(x), options.k)
-        if self._batching and cost_k <= self._batch_max_k:
-            # One batcher per kind of work; the threshold is applied to each request's rows afterwards.
-            key = ("score", replace(options, threshold_quantile=0.0))
-            item = _ScoreItem(x, seed, options, deadline)
-            return await self._batcher(key, self._score_many).submit(item, len(x))
-        engine = self.engine
+        extra_k = calibration.k if calibration and item.plan.computed and not item.plan.reuse else 0
+        cost_k = max(item.options.max_k or item.options.k, item.options.k) + extra_k
+        self._count("Score", len(item.x), item.options.k)
+        if self._batching and cost_k <= self._batch_max_k and item.options.target_se is None:
+            # One batcher per kind of work; each request's flags are set at its own alpha afterwards.
+            key = ("score", item.options, item.plan)
+            return await self._batcher(key, self._score_many).submit(item, len(item.x))
         return await self.call(
-            lambda check: engine.score(x, options, seed, check), deadline=deadline, rows=len(x) * cost_k
+            lambda check: self._scored(item, self._run_score([item], check), check),
+            deadline=item.deadline,
+            rows=len(item.x) * cost_k,
         )
 
-    def _batcher(
-        self, key: str | tuple[str, ScoreOptions], run: Callable[[list[Any]], Awaitable[list[Any]]]
-    ) -> DynamicBatcher[Any, Any]:
+    def _run_score(
+        self, items: list[_ScoreItem], check: Callable[[], None]
+    ) -> tuple[ScoreResult, dict[str, np.ndarray]]:
+        """The work of one or more requests of the same kind: the estimates and the raw anomaly scores."""
+        x = np.concatenate([item.x for item in items]) if len(items) > 1 else items[0].x
+        seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
+        first = items[0]
+        result = self.engine.score(x, first.options, seeds, check)
+        raw: dict[str, np.ndarray] = {}
+        if first.plan.computed:
+            reused = (-result["log_px"], result.sq_err) if first.plan.reuse else None
+            raw = self.scorer.raw(x, first.plan.computed, check=check, reused=reused)
+        return result, raw
+
+    def _scored(
+        self, item: _ScoreItem, work: tuple[ScoreResult, dict[str, np.ndarray]], check: Callable[[], None]
+    ) -> Scored:
+        """One request's reply from its rows of the work: flags at its alpha, its typicality test."""
+        result, raw = work
+        plan = item.plan
+        anomalies = self.scorer.judge(raw, plan.names, item.alpha) if plan.names else []
+        typicality = self.scorer.typicality(raw["nll"], item.alpha) if plan.typicality else None
+        warnings = list(self.warnings) if plan.computed else []
+        unreliable = int(np.count_nonzero(result["unreliable"]))
+        if unreliable:
+            warnings.append(
+                f"{unreliable} of {len(result)} inputs have pareto_k > 0.7: their log_px and log_px_se are "
+                "not reliable (raise k, or read the ELBO)"
+            )
+        return Scored(result, item.options, item.seed, anomalies, typicality, warnings)
+
+    def _batcher(self, key: _BatchKey, run: Callable[[list[Any]], Awaitable[list[Any]]]) -> DynamicBatcher[Any, Any]:
         batcher = self._batchers.get(key)
         if batcher is None:
             kind = key if isinstance(key, str) else key[0]
@@ -327,25 +423,23 @@ class ServedModel:
 
         return await self.call(run, rows=sum(len(z) for z in zs))
 
-    async def _score_many(self, items: list[_ScoreItem]) -> list[ScoreResult]:
-        xs = [item.x for item in items]
-        options = items[0].options
+    async def _score_many(self, items: list[_ScoreItem]) -> list[Scored]:
+        first = items[0]
         calibration = self.manifest.calibration
-        cost_k = max(options.k, calibration.k if options.anomaly and calibration else 0)
+        extra_k = calibration.k if calibration and first.plan.computed and not first.plan.reuse else 0
 
-        def run(check: Callable[[], None]) -> list[ScoreResult]:
-            seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
-            merged = self.engine.score(np.concatenate(xs), options, seeds, check)
-            parts = [merged.rows(s) for s in _spans(xs)]
-            for item, part in zip(items, parts):
-                if part.anomaly is not None:
-                    self.engine.flag(part, item.options.threshold_quantile)
-            return parts
+        def run(check: Callable[[], None]) -> list[Scored]:
+            result, raw = self._run_score(items, check)
+            return [
+                self._scored(item, (result.rows(s), {n: v[s] for n, v in raw.items()}), check)
+                for item, s in zip(items, _spans([item.x for item in items]))
+            ]
 
         # The merged run may stop at the last of its callers' deadlines (never, if one has none).
         deadlines = [item.deadline for item in items]
         deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
-        return await self.call(run, deadline=deadline, rows=sum(len(x) for x in xs) * cost_k)
+        rows = sum(len(item.x) for item in items) * (first.options.k + extra_k)
+        return await self.call(run, deadline=deadline, rows=rows)
 
     async def close(self) -> None:
         """Stops the batchers; the sessions go with the last reference (the executor is the process's)."""

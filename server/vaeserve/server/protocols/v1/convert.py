@@ -12,8 +12,9 @@ from importlib.metadata import version
 import numpy as np
 
 from vaeserve.api import codec
-from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.api.scores import ANOMALY_FIELDS, ANOMALY_SCORES, SCORE_COLUMNS
 from vaeserve.api.v1 import vae_pb2 as pb
+from vaeserve.server.anomaly import AnomalyResult, TypicalityResult
 from vaeserve.server.boundary.calls import current_request
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.repository.registry import Entry, ModelState
@@ -90,8 +91,26 @@ def model_info_to_pb(model: ServedModel) -> pb.GetModelInfoResponse:
             max_in_flight=limits.max_in_flight,
             max_message_bytes=limits.max_message_bytes,
         ),
-        defaults=pb.Defaults(k=defaults.k, seed=defaults.seed, threshold_quantile=defaults.threshold_quantile),
+        defaults=pb.Defaults(
+            k=defaults.k,
+            seed=defaults.seed,
+            threshold_quantile=1.0 - defaults.alpha,
+            alpha=defaults.alpha,
+            anomaly_scores=defaults.anomaly_scores,
+        ),
         server_version=SERVER_VERSION,
+        warnings=model.warnings,
+        anomaly_scores=[
+            pb.AnomalyScoreInfo(
+                name=spec.name,
+                meaning=spec.meaning,
+                available=reason is None,
+                reason=reason or "",
+                n_calibration=m.calibration.n if m.calibration and spec.name in m.calibration.scores else 0,
+            )
+            for spec in ANOMALY_SCORES
+            for reason in [model.scorer.status()[spec.name]]
+        ],
     )
 
 
@@ -162,26 +181,59 @@ def score_from_pb(request: pb.ScoreRequest) -> ScoreCall:
         reconstruction=request.reconstruction,
         anomaly=not request.skip_anomaly,
         threshold_quantile=request.threshold_quantile if request.HasField("threshold_quantile") else None,
+        alpha=request.alpha if request.HasField("alpha") else None,
+        anomaly_scores=tuple(request.anomaly_scores),
+        typicality=request.typicality,
+        target_se=request.target_se if request.HasField("target_se") else None,
+        max_k=int(request.max_k) if request.HasField("max_k") else None,
+    )
+
+
+def _anomaly_to_pb(a: AnomalyResult, message: pb.Anomaly) -> pb.Anomaly:
+    for f in ANOMALY_FIELDS:
+        getattr(message, f.name).CopyFrom(codec.to_proto(a.field(f.name)))
+    message.name = a.name
+    message.threshold = a.threshold
+    message.threshold_quantile = 1.0 - a.alpha
+    message.alpha = a.alpha
+    message.min_alpha = a.min_alpha
+    message.n_calibration = a.n_calibration
+    message.k = a.k
+    message.estimator = a.estimator
+    return message
+
+
+def _typicality_to_pb(t: TypicalityResult) -> pb.Typicality:
+    return pb.Typicality(
+        batch_size=t.batch_size,
+        mean_score=t.mean_score,
+        expected=t.expected,
+        threshold=t.threshold,
+        p_value=t.p_value,
+        is_atypical=t.is_atypical,
+        alpha=t.alpha,
+        bootstraps=t.bootstraps,
     )
 
 
 def score_to_pb(model: ServedModel, scored: Scored) -> pb.ScoreResponse:
     result = scored.result
-    reply = pb.ScoreResponse(header=header(model), k=scored.options.k, seed=scored.seed)
+    reply = pb.ScoreResponse(header=header(model), k=scored.options.k, seed=scored.seed, warnings=scored.warnings)
+    columns = scored.columns()
     for column in SCORE_COLUMNS:
-        value = result.columns.get(column.name)
-        if value is not None:
+        value = columns.get(column.name)
+        if value is not None and column.group != "anomaly":
             *parents, leaf = column.path
             message = reply
             for part in parents:
                 message = getattr(message, part)
             getattr(message, leaf).CopyFrom(codec.to_proto(value))
-    if result.anomaly is not None:
-        a = result.anomaly
-        reply.anomaly.threshold = a.threshold
-        reply.anomaly.threshold_quantile = a.threshold_quantile
-        reply.anomaly.k = a.k
-        reply.anomaly.estimator = a.estimator
+    for i, anomaly in enumerate(scored.anomalies):
+        _anomaly_to_pb(anomaly, reply.anomalies.add())
+        if i == 0:
+            _anomaly_to_pb(anomaly, reply.anomaly)
+    if scored.typicality is not None:
+        reply.typicality.CopyFrom(_typicality_to_pb(scored.typicality))
     if result.per_dim is not None:
         reply.per_dim.CopyFrom(codec.to_proto(result.per_dim))
     if result.reconstruction is not None:

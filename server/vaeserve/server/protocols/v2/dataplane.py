@@ -3,10 +3,13 @@
 For each served model `<name>` there are four V2 models:
 
 - `<name>`: scoring. Input `x` (FP32, FP64, UINT8, INT32 or INT64; [B, *input_shape] or [B, D], raw
-  units); parameters `k`, `seed`, `threshold_quantile`; outputs the score columns of
-  `vaeserve.api.scores` (FP64 [B]; `is_anomaly` BOOL [B]). Without requested outputs the reply has
-  every column but the naive prior estimate, which is computed only when one of its outputs is asked
-  for; the anomaly columns are computed only when asked for or when no output is named.
+  units); parameters `k`, `seed`, `alpha` (or the older `threshold_quantile`), `anomaly_scores`
+  (comma-separated names), `typicality`, `target_se` and `max_k`; outputs the score columns of
+  `vaeserve.api.scores` (FP64 [B]; bool columns BOOL, `k_used` INT64) and, for every anomaly score the
+  model serves, `<score>_score`, `<score>_percentile`, `<score>_p_value` and `<score>_is_anomaly`.
+  Without requested outputs the reply has every column computed; the naive prior estimate is
+  computed only when one of its outputs is asked for, a named anomaly score when one of its
+  outputs is asked for or it is named in `anomaly_scores`.
 - `<name>.encode`: `x` -> `z_mean`, `z_logvar` (and `z_samples` with parameter `n_samples`).
 - `<name>.decode`: `z` -> the parameters of p(x|z) (and `x_sample` with parameter `sample`).
 - `<name>.sample`: parameter `n` -> `z`, the parameters of p(x|z) (and `x_sample` with `sample_x`).
@@ -19,10 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
+from typing import Any
 
 import numpy as np
 
-from vaeserve.api.scores import SCORE_COLUMNS
+from vaeserve.api.scores import ANOMALY_FIELDS, ANOMALY_SCORES, SCORE_COLUMNS, anomaly_column
 from vaeserve.server.errors import InvalidArgument, ModelNotFound, NotReady
 from vaeserve.server.protocols.v2.tensors import datatype_of
 from vaeserve.server.repository.registry import ModelRegistry, ModelState
@@ -38,12 +42,24 @@ LATENT_TYPES = ("FP32", "FP64")
 # Request parameters that clients of the protocol send on their own (tritonclient: binary_data_output).
 RESERVED = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
 _PARAMETERS: dict[str, dict[str, type]] = {
-    "score": {"k": int, "seed": int, "threshold_quantile": float},
+    "score": {
+        "k": int,
+        "seed": int,
+        "threshold_quantile": float,
+        "alpha": float,
+        "anomaly_scores": str,
+        "typicality": bool,
+        "target_se": float,
+        "max_k": int,
+    },
     "encode": {"n_samples": int, "seed": int},
     "decode": {"sample": bool, "seed": int},
     "sample": {"n": int, "seed": int, "sample_x": bool},
 }
 _COLUMN_OF = {c.v2_name: c for c in SCORE_COLUMNS}
+_V2_TYPE = {"float64": "FP64", "bool": "BOOL", "int64": "INT64"}
+# `<score>_<field>` output name -> (score, field), for every declared anomaly score
+_NAMED = {anomaly_column(s.name, f.name): (s.name, f) for s in ANOMALY_SCORES for f in ANOMALY_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -84,8 +100,12 @@ def signature(model: ServedModel, kind: str) -> tuple[list[TensorSpec], list[Ten
         return [z], _decoded_specs(model)
     if kind == "sample":
         return [], [z, *_decoded_specs(model)]
-    columns = [c for c in SCORE_COLUMNS if c.group != "anomaly" or m.calibration is not None]
-    return [x], [TensorSpec(c.v2_name, "BOOL" if c.dtype == "bool" else "FP64", (-1,)) for c in columns]
+    columns = [TensorSpec(c.v2_name, _V2_TYPE[c.dtype], (-1,)) for c in SCORE_COLUMNS if c.group != "anomaly"]
+    served = model.scorer.served()
+    if served:
+        columns += [TensorSpec(c.v2_name, _V2_TYPE[c.dtype], (-1,)) for c in SCORE_COLUMNS if c.group == "anomaly"]
+    columns += [TensorSpec(name, _V2_TYPE[f.dtype], (-1,)) for name, (score, f) in _NAMED.items() if score in served]
+    return [x], columns
 
 
 class DataPlane:
@@ -210,20 +230,47 @@ async def _run(
             raise InvalidArgument("sample takes parameter n: how many draws from the prior")
         sampled = await model.sample(SampleCall(int(params["n"]), seed, bool(params.get("sample_x", False))))
         return {"z": sampled.z, **_decoded(sampled.decoded)}, {"seed": sampled.decoded.seed}
-    wanted = {_COLUMN_OF[o].group for o in outputs or ()}
-    threshold = params.get("threshold_quantile")
+    wanted = {_COLUMN_OF[o].group for o in outputs or () if o in _COLUMN_OF}
+    # Scores named in the parameter, then the model's defaults where their columns are asked for by
+    # name, then those whose own columns are asked for: all computed whatever K (a second pass).
+    named = [v.strip() for v in str(params.get("anomaly_scores", "")).split(",") if v.strip()]
+    if "anomaly" in wanted and not named:
+        named = list(model.defaults.anomaly_scores)
+    named += [_NAMED[o][0] for o in outputs or () if o in _NAMED and _NAMED[o][0] not in named]
     call = ScoreCall(
         inputs["x"],
-        k=int(params["k"]) if "k" in params else None,
+        k=_opt(params, "k", int),
         seed=seed,
         prior_estimate="prior" in wanted,
-        anomaly=not outputs or "anomaly" in wanted,
-        threshold_quantile=None if threshold is None else float(threshold),
+        anomaly=not outputs or "anomaly" in wanted or bool(named),
+        threshold_quantile=_opt(params, "threshold_quantile", float),
+        alpha=_opt(params, "alpha", float),
+        anomaly_scores=tuple(named),
+        typicality=bool(params.get("typicality", False)),
+        target_se=_opt(params, "target_se", float),
+        max_k=_opt(params, "max_k", int),
     )
     scored = await model.score(call, deadline)
-    columns = scored.result.columns
+    columns = scored.columns()
     produced = {c.v2_name: columns[c.name] for c in SCORE_COLUMNS if c.name in columns}
+    for anomaly in scored.anomalies:
+        produced.update({anomaly_column(anomaly.name, f.name): anomaly.field(f.name) for f in ANOMALY_FIELDS})
     extra: dict[str, Param] = {"k": scored.options.k, "seed": scored.seed}
-    if scored.result.anomaly is not None:
-        extra["threshold"] = scored.result.anomaly.threshold
+    if scored.anomalies:
+        first = scored.anomalies[0]
+        extra.update(anomaly_score=first.name, alpha=first.alpha, threshold=first.threshold)
+    if scored.typicality is not None:
+        t = scored.typicality
+        extra.update(
+            typicality_p_value=t.p_value,
+            typicality_is_atypical=t.is_atypical,
+            typicality_mean_score=t.mean_score,
+            typicality_expected=t.expected,
+        )
+    if scored.warnings:
+        extra["warnings"] = " | ".join(scored.warnings)
     return produced, extra
+
+
+def _opt(params: dict[str, Param], key: str, kind: type[int] | type[float]) -> Any:
+    return kind(params[key]) if key in params else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -183,7 +184,10 @@ def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> St
         reply: dict[str, Any] = {
             "model_name": p["name"],
             "model_version": inferred.model.version,
-            "parameters": inferred.parameters,
+            # JSON has no infinity: a threshold nothing can reach (+inf) travels as null, like NaN in tensors
+            "parameters": {
+                k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in inferred.parameters.items()
+            },
             "outputs": outputs,
         }
         if "id" in header:
