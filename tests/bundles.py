@@ -17,7 +17,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vaeserve.server.engine.bundle import Bundle, save_bundle
+from vaeserve.api.manifest import MANIFEST_FILE
+from vaeserve.server.anomaly import AnomalyScorer
+from vaeserve.server.engine import Engine, RuntimeConfig, load_bundle
+from vaeserve.server.engine.bundle import Bundle, save_bundle, sha256_of, update_manifest
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class LinearBernoulli:
             b=rng.normal(0, 0.5, dim),
         )
 
-    def write(self, path: Path) -> Bundle:
+    def write(self, path: Path, image: tuple[int, int, int] | None = None) -> Bundle:
         dim, latent = self.W.shape
         enc = _affine_graph(
             "encoder", "x", dim, {"z_mean": (self.A.T, self.c), "z_logvar": (np.zeros((dim, latent)), self.logvar)}
@@ -160,4 +163,25 @@ class LinearBernoulli:
             latent_dim=latent,
             likelihood="bernoulli",
             preprocessing={"shift": [0.0], "scale": [1.0]},
+            **({"image": dict(zip(("channels", "height", "width"), image))} if image else {}),
         )
+
+
+def add_background(path: Path, model: LinearGaussian, encoder: Encoder = Encoder()) -> Bundle:
+    """Writes `model` as the background bundle inside the bundle at `path` and names it in the manifest."""
+    write_bundle(path / "background", model, encoder)
+    hashes = {
+        **load_bundle(path).manifest.sha256,
+        f"background/{MANIFEST_FILE}": sha256_of(path / "background" / MANIFEST_FILE),
+    }
+    return update_manifest(path, background="background", sha256=hashes)
+
+
+def add_calibration(path: Path, raw: np.ndarray, *, k: int = 100, seed: int = 0) -> Bundle:
+    """Calibrates every score the bundle can serve on `raw` normal inputs, as vaeserve-train does."""
+    bundle = load_bundle(path)
+    cpu = RuntimeConfig(device="cpu")
+    background = Engine(bundle.background, cpu) if bundle.background is not None else None
+    scorer = AnomalyScorer(Engine(bundle, cpu), background)
+    calibration = scorer.calibrate(scorer.engine.prepare(raw), k=k, seed=seed, dataset="test")
+    return update_manifest(path, calibration=calibration.model_dump())

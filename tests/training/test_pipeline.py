@@ -12,7 +12,7 @@ from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine.bundle import load_bundle
 from vaeserve.server.engine.results import ScoreOptions
 from vaeserve.training.cli import main
-from vaeserve.training.pipeline import bundle_splits, cpu_engine
+from vaeserve.training.pipeline import bundle_splits, cpu_engine, cpu_scorer
 
 QUICK = ["--epochs", "4", "--warmup", "1", "--eval-k", "64", "--calib-k", "32", "--no-progress"]
 
@@ -32,7 +32,7 @@ def test_train_writes_a_complete_bundle(trained: Path, capsys: pytest.CaptureFix
     assert t is not None and t.dataset == "digits" and t.epochs == 4 and t.test_iwae.k == 64
     assert t.test_iwae.value >= t.test_elbo.value - 3 * t.test_elbo.se  # IWAE is the tighter bound
     assert m.calibration is not None and m.calibration.k == 32
-    assert m.calibration.n == 180 and list(m.calibration.scores) == ["nll", "reconstruction", "complexity"]
+    assert m.calibration.n == 300 and list(m.calibration.scores) == ["nll", "reconstruction", "complexity"]
 
 
 def test_training_is_reproducible(trained: Path, tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_calibration_reads_the_served_scale(trained: Path) -> None:
     for name, judged in zip(calibration.scores, scorer.judge(raw, list(calibration.scores), alpha=0.05)):
         np.testing.assert_allclose(np.sort(raw[name]), calibration.scores[name], rtol=1e-9, err_msg=name)
         # The largest calibration score is at or above itself: its p-value is 2 / (n + 1).
-        assert judged.percentile.max() == 100.0 and judged.p_value.min() == pytest.approx(2 / 181)
+        assert judged.percentile.max() == 100.0 and judged.p_value.min() == pytest.approx(2 / 301)
 
 
 def test_evaluate_prints_every_k_and_saves_pictures(
@@ -126,8 +126,11 @@ def test_class_subset_and_user_files(tmp_path: Path) -> None:
         == 0
     )
     m = json.loads((out / "manifest.json").read_text())
-    assert m["training"]["classes"] == [0, 1] and m["preprocessing"]["scale"] == [pytest.approx(1 / 255)]
-    assert m["training"]["n_train"] < 400
+    # digits 0-16 are read as the built-in digits are (never silently divided by 255), and the summary says so
+    assert m["training"]["classes"] == [0, 1] and m["preprocessing"]["scale"] == [pytest.approx(1 / 16)]
+    assert m["training"]["n_train"] < 400 and m["image"] == {"channels": 1, "height": 8, "width": 8}
+    choices = m["training"]["choices"]
+    assert choices["preset"].startswith("digits") and "0 to 16" in choices["value range"] and "split" in choices
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,7 +138,7 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "missing.csv: no such file" in capsys.readouterr().err
     np.save(tmp_path / "big.npy", np.full((30, 4), 7.5))
     assert main(["train", str(tmp_path / "big.npy"), "--likelihood", "bernoulli", *QUICK]) == 2
-    assert "big.npy: values up to 7.5" in capsys.readouterr().err
+    assert "big.npy: the values are real numbers from 7.5 to 7.5" in capsys.readouterr().err
 
 
 def test_a_csv_with_a_label_column_can_be_evaluated_later(tmp_path: Path) -> None:
@@ -167,3 +170,61 @@ def test_a_csv_with_a_label_column_can_be_evaluated_later(tmp_path: Path) -> Non
     summary = load_bundle(out).manifest.training
     assert summary is not None and summary.label_column == "label" and summary.classes == [1]
     assert main(["evaluate", str(out), "--ks", "1,8"]) == 0  # rebuilds the same splits, labels dropped
+
+
+def test_background_model_for_the_likelihood_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "bg"
+    assert main(["train", "digits", "--classes", "0", "--background", "--out", str(out), *QUICK]) == 0
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    assert m.background == "background" and bundle.background is not None
+    assert (
+        bundle.background.manifest.name == "digits-background"
+        and bundle.background.manifest.preprocessing == m.preprocessing
+    )
+    assert m.calibration is not None and list(m.calibration.scores) == [
+        "nll",
+        "reconstruction",
+        "complexity",
+        "likelihood_ratio",
+    ]
+    assert m.training is not None and "background" in m.training.choices
+    scorer = cpu_scorer(bundle)
+    x = scorer.engine.prepare(bundle_splits(bundle).test)
+    raw = scorer.raw(x, ["nll", "likelihood_ratio"])
+    assert bundle.background is not None
+    background_nll, _ = cpu_engine(bundle.background).nll(x, m.calibration.k, m.calibration.seed)
+    np.testing.assert_allclose(raw["likelihood_ratio"], raw["nll"] - background_nll, rtol=1e-12)
+
+
+def test_calibrate_add_tops_up_the_calibration(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from sklearn.datasets import load_digits
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    before = load_bundle(copy).manifest.calibration
+    assert before is not None
+    np.save(tmp_path / "more.npy", load_digits().data[:40])
+    assert main(["calibrate", str(copy), str(tmp_path / "more.npy"), "--add"]) == 0
+    after = load_bundle(copy).manifest.calibration
+    assert after is not None and after.n == before.n + 40 and (after.k, after.seed) == (before.k, before.seed)
+    assert after.dataset == f"{before.dataset} + more.npy" and "added 40 inputs" in capsys.readouterr().out
+    for name, values in before.scores.items():  # the old scores are all still there
+        assert set(values) <= set(after.scores[name])
+    assert main(["calibrate", str(copy), str(tmp_path / "more.npy"), "--add", "--k", "7"]) == 2
+    assert "--add keeps the calibration's K" in capsys.readouterr().err
+
+
+def test_a_conv_model_on_a_flat_digits_file(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    np.save(tmp_path / "flat.npy", load_digits().data[:400])
+    out = tmp_path / "conv"
+    args = ["train", str(tmp_path / "flat.npy"), "--model", "conv", "--channels", "8,16", "--out", str(out)]
+    assert main([*args, *QUICK]) == 0
+    m = load_bundle(out).manifest
+    assert m.input_shape == [1, 8, 8] and m.training is not None and m.training.architecture["kind"] == "conv"

@@ -39,13 +39,37 @@ def read_array(path: str | Path, *, label_column: str | None = None) -> tuple[np
 
 
 def read_labels(path: str | Path, n: int) -> np.ndarray:
+    """Integer class labels for n rows: .npy, .csv (the last column) or .txt (one per line), or IDX."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: no such labels file")
-    labels = (_read_npy(path) if path.suffix == ".npy" else _read_idx(path)).reshape(-1)
+    if path.suffix == ".npy":
+        labels = _read_npy(path).reshape(-1)
+    elif path.suffix in (".csv", ".txt"):
+        labels = _read_label_column(path)
+    else:
+        labels = _read_idx(path).reshape(-1)
     if len(labels) != n:
         raise DataFileError(f"{path}: {len(labels)} labels for {n} rows of data")
     return labels.astype(np.int64)
+
+
+def _read_label_column(path: Path) -> np.ndarray:
+    """One label per line (a header line is skipped), or the last column of a CSV file."""
+    if path.suffix == ".csv":
+        labels = _read_csv(path, None)[0][:, -1]
+    else:
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataFileError(f"{path}: not a readable labels file ({exc})") from exc
+        try:
+            labels = np.array([float(v) for v in lines[0 if lines and _numeric(lines[:1]) else 1 :]])
+        except ValueError as exc:
+            raise DataFileError(f"{path}: labels must be numbers, one per line ({exc})") from exc
+    if np.any(labels != np.round(labels)):
+        raise DataFileError(f"{path}: class labels must be whole numbers")
+    return labels
 
 
 def _require_finite(x: np.ndarray, path: Path) -> None:

@@ -18,7 +18,7 @@ from vaeserve.training.data import load_dataset, select_classes
 from vaeserve.training.evaluate import active_units, calibrate, evaluate, save_pictures
 from vaeserve.training.export import ExportError
 from vaeserve.training.models import VAEConfig
-from vaeserve.training.pipeline import RunConfig, bundle_splits, cpu_engine, cpu_scorer, run
+from vaeserve.training.pipeline import RunConfig, bundle_splits, cpu_engine, cpu_scorer, load_for_bundle, run
 from vaeserve.training.train import TrainConfig
 
 __all__ = ["main"]
@@ -52,6 +52,13 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vaeserve-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -61,10 +68,42 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="bundle directory (default: models/<data>)")
     t.add_argument("--name", help="model name in the manifest (default: from the data)")
     t.add_argument("--version", default="1", help="model version in the manifest")
-    t.add_argument("--labels", help="class labels for a .npy or IDX data file")
+    t.add_argument("--labels", help="class labels for a .npy, .csv or IDX data file: .npy, .csv, .txt or IDX")
     t.add_argument("--label-column", help="CSV column (name or index) holding class labels")
     t.add_argument("--classes", type=_ints, help="train on these classes only (the normal data), e.g. 0,1")
-    t.add_argument("--likelihood", choices=["bernoulli", "gaussian"], help="default: bernoulli for IDX, else gaussian")
+    t.add_argument(
+        "--likelihood",
+        choices=["bernoulli", "gaussian"],
+        help="default: bernoulli for images (grey levels in [0, 1]) and IDX files, gaussian for tables",
+    )
+    t.add_argument(
+        "--image",
+        type=_ints,
+        metavar="C,H,W",
+        help="the rows are images of this layout (found by itself for (N, H, W) and (N, C, H, W) arrays, and "
+        "for rows of 64 or 784 whole numbers)",
+    )
+    t.add_argument(
+        "--value-range",
+        type=_floats,
+        metavar="LOW,HIGH",
+        help="Bernoulli models: the raw values mapped to 0 and 1 (read off the data where that is safe: [0, 1], "
+        "8-bit pixels 0-255, digits 0-16; otherwise training stops and asks for it)",
+    )
+    t.add_argument(
+        "--split",
+        type=_floats,
+        metavar="VAL,CALIB,TEST",
+        help="fractions of the rows held out (default: 10 %% each, calibration raised toward 300 rows within 30 %%)",
+    )
+    t.add_argument(
+        "--background",
+        action="store_true",
+        help="also train the background model of the likelihood_ratio anomaly score (twice the training time)",
+    )
+    t.add_argument(
+        "--background-noise", type=float, default=0.2, help="fraction of features the background sees as noise"
+    )
     t.add_argument("--model", choices=["mlp", "conv"], default="mlp")
     t.add_argument("--hidden", type=_ints, help="MLP hidden widths, e.g. 200,200")
     t.add_argument("--channels", type=_ints, help="conv channels, one stride-2 layer each, e.g. 32,64")
@@ -100,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--k", type=int, help="K of the estimator (default: the bundle's current calibration K)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--classes", type=_ints, help="use only these classes of labelled data")
-    c.add_argument("--labels", help="class labels for a .npy or IDX data file")
+    c.add_argument("--labels", help="class labels for a .npy, .csv or IDX data file: .npy, .csv, .txt or IDX")
+    c.add_argument(
+        "--add",
+        action="store_true",
+        help="add DATA's scores to the calibration already there (same K and seed) instead of replacing it",
+    )
 
     m = sub.add_parser("compare", help="test log p(x) of the VAE against probabilistic PCA and a Gaussian mixture")
     m.add_argument("bundle", type=Path)
@@ -110,7 +154,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    preset = PRESETS.get(args.data, Preset())
+    if args.image is not None and len(args.image) != 3:
+        raise ValueError(f"--image takes C,H,W, got {','.join(map(str, args.image))}")
+    for flag, value in (("--value-range", args.value_range), ("--split", args.split)):
+        if value is not None and len(value) != (2 if flag == "--value-range" else 3):
+            raise ValueError(f"{flag} takes {'LOW,HIGH' if flag == '--value-range' else 'VAL,CALIB,TEST'}")
+    data = load_dataset(
+        args.data,
+        likelihood=args.likelihood,
+        labels=args.labels,
+        label_column=args.label_column,
+        image=args.image,
+        value_range=args.value_range,
+    )
+    preset = PRESETS.get(data.preset or "", Preset())
     given = {f.name: getattr(args, f.name) for f in fields(Preset) if getattr(args, f.name) is not None}
     chosen = replace(preset, **given)
     model = VAEConfig(
@@ -145,6 +202,10 @@ def _train(args: argparse.Namespace) -> None:
             label_column=args.label_column,
             eval_k=args.eval_k,
             calib_k=args.calib_k,
+            split=args.split,
+            background=args.background,
+            background_noise=args.background_noise,
+            dataset=data,
         )
     )
     m, h, summary = report.bundle.manifest, report.history, report.bundle.manifest.training
@@ -172,6 +233,8 @@ def _train(args: argparse.Namespace) -> None:
         ),
         ("total time", f"{report.seconds:.1f} s"),
     ]
+    rows += [(f"choice: {name}", why) for name, why in summary.choices.items()]
+    rows += [("warning", warning) for warning in summary.warnings]
     print(format_table(["", ""], rows, title="vaeserve-train summary"))
 
 
@@ -205,16 +268,30 @@ def _calibrate(args: argparse.Namespace) -> None:
     if args.data is None:
         raw, name = bundle_splits(bundle).calib, f"{bundle.manifest.training.dataset} (calib split)"  # type: ignore[union-attr]
     else:
-        data = load_dataset(args.data, likelihood=bundle.manifest.likelihood, labels=args.labels)  # type: ignore[arg-type]
+        data = load_for_bundle(bundle, args.data, labels=args.labels)
         raw = data.x if args.classes is None else select_classes(data, list(args.classes))
         name = data.name
-    calibration = calibrate(cpu_scorer(bundle), raw, k=k, seed=args.seed, dataset=name)
+    scorer = cpu_scorer(bundle)
+    if args.add:
+        if current is None:
+            raise ValueError(f"{bundle.path}: no calibration to add to; run calibrate without --add")
+        if args.k not in (None, current.k):
+            raise ValueError(f"--add keeps the calibration's K={current.k}; leave --k out")
+        calibration = scorer.add(scorer.engine.prepare(raw), name)
+        done = f"added {len(raw)} inputs of {name} to the calibration of {bundle.path}: now {calibration.n}"
+    else:
+        calibration = calibrate(scorer, raw, k=k, seed=args.seed, dataset=name)
+        done = f"recalibrated {bundle.path} on {len(raw)} inputs of {name}"
     update_manifest(bundle.path, calibration=calibration.model_dump())
     q = np.quantile(calibration.sorted_scores("nll"), [0.5, 0.95, 0.99])
     print(
-        f"recalibrated {bundle.path} on {len(raw)} inputs of {name} (K={k}, seed {args.seed}): "
-        f"-log p(x) median {q[0]:.2f}, 95th pct {q[1]:.2f}, 99th pct {q[2]:.2f}"
+        f"{done} (K={calibration.k}, seed {calibration.seed}; scores {', '.join(calibration.scores)}): "
+        f"-log p(x) median {q[0]:.2f}, 95th pct {q[1]:.2f}, 99th pct {q[2]:.2f}; "
+        f"smallest alpha {calibration.min_alpha:.3g}"
     )
+    small = calibration.too_small_for(0.01)
+    if small:
+        print(f"warning: {small}", file=sys.stderr)
 
 
 def _compare(args: argparse.Namespace) -> None:

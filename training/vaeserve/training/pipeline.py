@@ -5,24 +5,38 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vaeserve.api.manifest import Calibration, TrainingSummary
+from vaeserve.api.manifest import MANIFEST_FILE, Calibration, TrainingSummary
 from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine import Bundle, Engine, RuntimeConfig, load_bundle, publish_bundle
-from vaeserve.server.engine.bundle import staging_dir, update_manifest
-from vaeserve.training.data import Dataset, Likelihood, Splits, load_dataset, make_splits
+from vaeserve.server.engine.bundle import sha256_of, staging_dir, update_manifest
+from vaeserve.training.data import BUILTIN, DEFAULT_SPLIT, Dataset, Likelihood, Splits, load_dataset, make_splits
 from vaeserve.training.evaluate import KRow, active_units, calibrate, evaluate
 from vaeserve.training.export import export_bundle
 from vaeserve.training.models import VAEConfig, build_model
 from vaeserve.training.train import History, TrainConfig, fit, resolve_device, seed_everything
 
-__all__ = ["RunConfig", "RunReport", "bundle_splits", "cpu_engine", "cpu_scorer", "run"]
+__all__ = [
+    "BACKGROUND_DIR",
+    "DEFAULT_ALPHA",
+    "RunConfig",
+    "RunReport",
+    "bundle_splits",
+    "cpu_engine",
+    "cpu_scorer",
+    "load_for_bundle",
+    "load_run_data",
+    "run",
+]
+
+BACKGROUND_DIR = "background"
+DEFAULT_ALPHA = 0.01  # the server's default level of the anomaly flags
 
 
 @dataclass
@@ -37,9 +51,15 @@ class RunConfig:
     likelihood: Likelihood | None = None
     labels: str | None = None
     label_column: str | None = None
+    image: tuple[int, int, int] | None = None
+    value_range: tuple[float, float] | None = None
+    split: tuple[float, float, float] | None = None  # val, calib, test fractions (default: the rule in data.py)
+    background: bool = False  # also train the likelihood_ratio score's background model
+    background_noise: float = 0.2  # the fraction of features the background model's data has replaced by noise
     eval_k: int = 5000
     calib_k: int = 1000
     calib_seed: int = 0
+    dataset: Dataset | None = None  # already loaded from `data` (the CLI loads it to find the preset)
 
 
 @dataclass
@@ -66,14 +86,38 @@ def cpu_scorer(bundle: Bundle | Path) -> AnomalyScorer:
     return AnomalyScorer(cpu_engine(loaded), background)
 
 
-def _splits(config: RunConfig) -> tuple[Dataset, Splits]:
-    data = load_dataset(
+def load_run_data(config: RunConfig) -> Dataset:
+    return config.dataset or load_dataset(
         config.data,
         likelihood=config.likelihood,
         labels=config.labels,
         label_column=config.label_column,
+        image=config.image,
+        value_range=config.value_range,
     )
-    return data, make_splits(data, config.train.seed, classes=config.classes)
+
+
+def _splits(config: RunConfig) -> tuple[Dataset, Splits]:
+    data = load_run_data(config)
+    return data, make_splits(data, config.train.seed, classes=config.classes, fractions=config.split)
+
+
+def load_for_bundle(
+    bundle: Bundle, source: str, *, labels: str | None = None, label_column: str | None = None
+) -> Dataset:
+    """Data for an existing bundle, read as the bundle reads its inputs (its likelihood, layout and range)."""
+    m = bundle.manifest
+    pre = m.preprocessing
+    builtin = source in BUILTIN
+    bernoulli_range = (pre.shift[0], pre.shift[0] + 1 / pre.scale[0]) if len(pre.shift) == len(pre.scale) == 1 else None
+    return load_dataset(
+        source,
+        likelihood=m.likelihood,
+        labels=labels,
+        label_column=label_column,
+        image=(m.image.channels, m.image.height, m.image.width) if m.image and not builtin else None,
+        value_range=bernoulli_range if m.likelihood == "bernoulli" and not builtin else None,
+    )
 
 
 def bundle_splits(bundle: Bundle, data: str | None = None) -> Splits:
@@ -82,14 +126,20 @@ def bundle_splits(bundle: Bundle, data: str | None = None) -> Splits:
     source = data or (summary.dataset if summary else None)
     if source is None:
         raise ValueError(f"{bundle.path}: no training summary; name the data to use")
-    likelihood = bundle.manifest.likelihood
-    dataset = load_dataset(
+    dataset = load_for_bundle(
+        bundle,
         source,
-        likelihood=likelihood,
         labels=summary.labels if summary else None,
         label_column=summary.label_column if summary else None,
     )
-    return make_splits(dataset, summary.seed if summary else 0, classes=summary.classes if summary else None)
+    counts = (summary.n_val, summary.n_calib, summary.n_test) if summary and summary.n_calib is not None else None
+    return make_splits(
+        dataset,
+        summary.seed if summary else 0,
+        classes=summary.classes if summary else None,
+        counts=counts,
+        fractions=None if counts else DEFAULT_SPLIT,  # bundles from before the calibration rule: 10 % each
+    )
 
 
 def run(config: RunConfig) -> RunReport:
@@ -136,13 +186,22 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
         preprocessing=pre,
         image=data.image,
     )
+    choices = {**data.choices, "split": splits.rule}
+    if config.background:
+        bundle = _train_background(config, model_config, splits, name, staging)
+        choices["background"] = (
+            f"a second VAE of the same shape on the normal data with {config.background_noise:.0%} of each "
+            "input's features replaced by noise (the likelihood_ratio score's background model)"
+        )
     engine = cpu_engine(bundle)
     (test_iwae,) = evaluate(engine, splits.test, [config.eval_k], seed=config.train.seed)
     test_elbo = test_iwae  # the ELBO columns come from the same K draws per input
     units = active_units(engine, splits.test)
+    background = cpu_engine(bundle.background) if bundle.background is not None else None
     calibration = calibrate(
-        AnomalyScorer(engine), splits.calib, k=config.calib_k, seed=config.calib_seed, dataset=data.name
+        AnomalyScorer(engine, background), splits.calib, k=config.calib_k, seed=config.calib_seed, dataset=data.name
     )
+    small = calibration.too_small_for(DEFAULT_ALPHA)
     summary = TrainingSummary(
         dataset=config.data,
         classes=config.classes,
@@ -162,9 +221,59 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
         active_units=units,
         duration_s=round(history.duration_s, 1),
         framework=f"torch {torch.__version__}",
+        n_calib=len(splits.calib),
+        choices=choices,
+        warnings=[small] if small else [],
     )
     bundle = update_manifest(bundle.path, training=summary.model_dump(), calibration=calibration.model_dump())
     return RunReport(bundle, history, test_iwae, test_elbo, units, parity, calibration, time.perf_counter() - started)
+
+
+def _train_background(config: RunConfig, model_config: VAEConfig, splits: Splits, name: str, staging: Path) -> Bundle:
+    """Trains the background model on perturbed normal data into staging/background (Ren et al. 2019)."""
+    pre = splits.preprocessing
+    rng = np.random.default_rng(config.train.seed + 1)
+    train = _perturbed(pre.apply(_flat(splits.train)), config.background_noise, model_config.likelihood, rng)
+    val = _perturbed(pre.apply(_flat(splits.val)), config.background_noise, model_config.likelihood, rng)
+    seed_everything(config.train.seed + 1)
+    model = build_model(model_config)
+    fit(
+        model,
+        train.reshape(splits.train.shape),
+        val.reshape(splits.val.shape),
+        replace(config.train, seed=config.train.seed + 1),
+    )
+    model = model.cpu()
+    export_bundle(
+        model,
+        staging / BACKGROUND_DIR,
+        pre.apply(_flat(splits.test)),
+        name=f"{name}-background",
+        version=config.version,
+        created=datetime.now(UTC).replace(microsecond=0),
+        description=f"background model of {name}: trained on perturbed normal data by vaeserve-train",
+        input_shape=list(splits.train.shape[1:]),
+        latent_dim=model_config.latent_dim,
+        likelihood=model_config.likelihood,
+        preprocessing=pre,
+        image=load_bundle(staging).manifest.image,
+    )
+    manifest = load_bundle(staging).manifest
+    relative = f"{BACKGROUND_DIR}/{MANIFEST_FILE}"
+    return update_manifest(
+        staging, background=BACKGROUND_DIR, sha256={**manifest.sha256, relative: sha256_of(staging / relative)}
+    )
+
+
+def _perturbed(x: np.ndarray, rate: float, likelihood: str, rng: np.random.Generator) -> np.ndarray:
+    """Each feature replaced with probability `rate` by noise: a uniform value in [0, 1] for Bernoulli data,
+    the same feature of a random training row for standardised tables."""
+    replace_mask = rng.random(x.shape) < rate
+    if likelihood == "bernoulli":
+        noise = rng.random(x.shape).astype(np.float32)
+    else:
+        noise = x[rng.integers(0, len(x), size=len(x))]
+    return np.where(replace_mask, noise, x).astype(np.float32)
 
 
 def _flat(x: np.ndarray) -> np.ndarray:

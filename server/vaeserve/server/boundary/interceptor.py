@@ -33,15 +33,25 @@ _Interceptor: Any = grpc.aio.ServerInterceptor  # generic in grpc-stubs only, no
 class Boundary(_Interceptor):  # type: ignore[misc]
     def __init__(self, calls: CallBoundary) -> None:
         self.calls = calls
+        # The wrapped handler of each method, made on its first call: a server's services are fixed once
+        # it starts, and building a handler per call costs more than the rest of the boundary.
+        self._handlers: dict[str, Any] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        wrapped = self._handlers.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrap(await continuation(details), details.method)
+            if wrapped is not None:
+                self._handlers[details.method] = wrapped
+        return wrapped  # type: ignore[no-any-return]
+
+    def _wrap(self, handler: Any, path: str) -> Any:
         # grpc-stubs types handlers' behaviours as synchronous; on a grpc.aio server they are async.
-        handler: Any = await continuation(details)
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        service, _, method = path.lstrip("/").rpartition("/")
         if handler is None or service in PASS_THROUGH:
             return handler
         protocol = PROTOCOLS.get(service, service)

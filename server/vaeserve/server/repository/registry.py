@@ -10,11 +10,10 @@ version serving before it in place. All changes run on the event loop, one model
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from vaeserve.server.engine import BundleError, ProviderUnavailable
 from vaeserve.server.errors import InvalidArgument, ModelNotFound, NotReady
 from vaeserve.server.repository.model_settings import ModelSettings
 from vaeserve.server.repository.source import ModelDir, Source, VersionDir
-from vaeserve.server.serving.model import ServedModel
+from vaeserve.server.serving.model import Lease, ServedModel
 
 __all__ = ["Entry", "Loader", "ModelRegistry", "ModelState"]
 
@@ -126,14 +125,13 @@ class ModelRegistry:
             f"this server serves several models ({', '.join(sorted(self._models))}); name one in ModelSpec.name"
         )
 
-    @contextlib.asynccontextmanager
-    async def lease(self, name: str, version: str) -> AsyncIterator[ServedModel]:
-        """The model a request names, held for the request: it is not closed while the request runs."""
+    def lease(self, name: str, version: str) -> Lease:
+        """`async with registry.lease(name, version) as model:` the model a request names, held for the
+        request (it is not closed while the request runs), and named in the request's log and metrics."""
         model = self.resolve(name, version)
         info = current_request()
         info.model, info.version = model.name, model.version
-        async with model.lease():
-            yield model
+        return model.lease()
 
     # --- what there is ---------------------------------------------------------------------------
 

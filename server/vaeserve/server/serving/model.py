@@ -10,10 +10,9 @@ between chunks of work, so a passed deadline or a cancelled call stops it there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +39,7 @@ from vaeserve.server.serving.calls import (
 )
 from vaeserve.server.settings import Settings
 
-__all__ = ["Defaults", "Limits", "ServedModel"]
+__all__ = ["Defaults", "Lease", "Limits", "ServedModel"]
 
 T = TypeVar("T")
 FALLBACK_K = 1000
@@ -141,16 +140,19 @@ class ServedModel:
 
     # --- requests in flight, so a retired version finishes its work before it closes -----------
 
-    @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[ServedModel]:
+    def lease(self) -> Lease:
+        """`async with model.lease():` holds the model for a request (a class, not a generator: it runs on
+        every request, and an async generator context costs several times as much)."""
+        return Lease(self)
+
+    def _enter(self) -> None:
         self.in_flight += 1
         self._idle.clear()
-        try:
-            yield self
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+
+    def _exit(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -445,6 +447,22 @@ class ServedModel:
         """Stops the batchers; the sessions go with the last reference (the executor is the process's)."""
         for batcher in self._batchers.values():
             await batcher.close()
+
+
+class Lease:
+    """A served model held by a request: not closed while the request runs."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+
+    async def __aenter__(self) -> ServedModel:
+        self.model._enter()
+        return self.model
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.model._exit()
 
 
 def _spans(parts: list[np.ndarray]) -> list[slice]:
