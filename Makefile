@@ -11,7 +11,7 @@ DISTS := proto server client training
 DEV_STAMP := $(VENV)/.installed
 SERVER_STAMP := $(SERVER_VENV)/.installed
 
-.PHONY: test serve venv proto lint models bench test-compose base-image wheels clean
+.PHONY: test serve venv proto lint models bench bench-anomaly test-compose base-image wheels clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -48,12 +48,16 @@ proto: $(DEV_STAMP)
 
 # Retrain the bundled models (the commands documented in the README).
 models: $(DEV_STAMP)
-	$(VENV)/bin/vaeserve-train train digits --out models/digits
+	$(VENV)/bin/vaeserve-train train digits --out models/digits --split 0.1,0.1,0.1
 	$(VENV)/bin/vaeserve-train train mnist5k --out models/mnist5k
 	$(VENV)/bin/vaeserve-train train breast-cancer --out models/breast-cancer
 
 bench: $(DEV_STAMP)
 	$(VENV)/bin/python -m bench $(ARGS)
+
+# The served anomaly scores against classical detectors (one-class digits and mnist5k, breast cancer).
+bench-anomaly: $(DEV_STAMP)
+	$(VENV)/bin/python -m bench.anomaly $(ARGS)
 
 base-image:
 	docker/build-base-image.sh

@@ -86,11 +86,16 @@ def ppca(train: np.ndarray, seed: int) -> Fitted:
     variance), and score_samples is the PPCA log-likelihood; the choice is refitted on all the rows.
     """
     fit_rows, held_out = _split(train, seed)
-    # All min(N, D) components leave no noise variance and a singular covariance.
+    # All min(N, D) components leave no noise variance and a singular covariance; so does any count at or
+    # beyond the data's rank (few rows, constant pixels): those candidates are skipped.
     top = max(1, min(fit_rows.shape) - 1)
     grid = np.unique(np.geomspace(1, top, 12).round().astype(int))
-    held_ll = [PCA(int(q), svd_solver="full").fit(fit_rows).score(held_out) for q in grid]
-    best = int(grid[int(np.argmax(held_ll))])
+    held_ll = {}
+    for q in grid:
+        candidate = PCA(int(q), svd_solver="full").fit(fit_rows)
+        if candidate.noise_variance_ > 1e-9 * max(float(candidate.explained_variance_[0]), 1e-300):
+            held_ll[int(q)] = candidate.score(held_out)
+    best = max(held_ll, key=held_ll.__getitem__) if held_ll else 1
     model = PCA(best, svd_solver="full").fit(train)
     return Fitted(lambda x: -model.score_samples(x), {"components": best})
 

@@ -236,7 +236,7 @@ def test_named_scores_and_errors_over_grpc(
         status = {a.name: (a.available, a.reason, a.n_calibration) for a in info.anomaly_scores}
         assert status["nll"] == (True, "", 999) and status["likelihood_ratio"] == (True, "", 999)
         assert status["complexity"][0] is False and "not an image model" in status["complexity"][1]
-        assert list(info.defaults.anomaly_scores) == ["nll"] and info.defaults.alpha == 0.01
+        assert list(info.defaults.anomaly_scores) == ["nll", "reconstruction"] and info.defaults.alpha == 0.01
         reply = stub.Score(pb.ScoreRequest(x=codec.to_proto(x), anomaly_scores=["reconstruction", "nll"], alpha=0.1))
         assert [a.name for a in reply.anomalies] == ["reconstruction", "nll"] and reply.anomaly.name == "reconstruction"
         assert reply.anomalies[1].alpha == 0.1 and reply.anomalies[1].n_calibration == 999

@@ -78,10 +78,11 @@ class Settings(BaseSettings):
     threshold_quantile: float | None = Field(
         None, ge=0.0, lt=1.0, description="deprecated: alpha = 1 - threshold_quantile (alpha wins when both are set)"
     )
-    anomaly_scores: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("nll",),
+    anomaly_scores: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None,
         description="anomaly scores a Score request gets when it names none, comma-separated (the first fills "
-        "`anomaly`); a model serves those it can",
+        "`anomaly`); a model serves those it can (default, from the anomaly benchmark: reconstruction, nll and "
+        "complexity for image models; nll and reconstruction for others)",
     )
     batching: bool = Field(True, description="merge concurrent small requests into one run")
     batch_max_inputs: int = Field(256, ge=1, description="most inputs in one merged run")
@@ -109,6 +110,8 @@ class Settings(BaseSettings):
     @field_validator("anomaly_scores", mode="before")
     @classmethod
     def _score_names(cls, value: Any) -> Any:
+        if value is None:
+            return None
         names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         known = [s.name for s in ANOMALY_SCORES]
         unknown = [n for n in names if n not in known]
