@@ -185,3 +185,53 @@ def add_calibration(path: Path, raw: np.ndarray, *, k: int = 100, seed: int = 0)
     scorer = AnomalyScorer(Engine(bundle, cpu), background)
     calibration = scorer.calibrate(scorer.engine.prepare(raw), k=k, seed=seed, dataset="test")
     return update_manifest(path, calibration=calibration.model_dump())
+
+
+@dataclass(frozen=True)
+class LinearLogistic:
+    """q(z|x) = N(A x + c, exp(logvar)), p(x|z) = discretized logistic(mean W z + b, scale exp(log_scale)) on
+    levels 1/levels apart: checked against scipy's logistic CDF."""
+
+    A: np.ndarray  # [L, D]
+    c: np.ndarray
+    logvar: np.ndarray
+    W: np.ndarray  # [D, L]
+    b: np.ndarray
+    log_scale: np.ndarray  # [D]
+    levels: int
+
+    @staticmethod
+    def random(dim: int = 12, latent: int = 3, levels: int = 255, seed: int = 0) -> LinearLogistic:
+        rng = np.random.default_rng(seed)
+        return LinearLogistic(
+            A=rng.normal(0, 0.3, (latent, dim)),
+            c=rng.normal(0, 0.1, latent),
+            logvar=rng.normal(-1.0, 0.2, latent),
+            W=rng.normal(0, 0.2, (dim, latent)),
+            b=rng.uniform(0.2, 0.8, dim),
+            log_scale=rng.uniform(-4.0, -1.5, dim),
+            levels=levels,
+        )
+
+    def write(self, path: Path) -> Bundle:
+        dim, latent = self.W.shape
+        enc = _affine_graph(
+            "encoder", "x", dim, {"z_mean": (self.A.T, self.c), "z_logvar": (np.zeros((dim, latent)), self.logvar)}
+        )
+        dec = _affine_graph(
+            "decoder",
+            "z",
+            latent,
+            {"mean": (self.W.T, self.b), "log_scale": (np.zeros((latent, dim)), self.log_scale)},
+        )
+        return save_bundle(
+            path,
+            enc,
+            dec,
+            name="linear-logistic",
+            version="1",
+            input_shape=[dim],
+            latent_dim=latent,
+            likelihood="logistic",
+            preprocessing={"shift": [0.0], "scale": [1.0 / self.levels]},
+        )

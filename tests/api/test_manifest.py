@@ -114,3 +114,11 @@ def test_a_bundle_without_preprocessing_gets_the_identity() -> None:
     m = Manifest.model_validate(data)
     assert m.preprocessing == Preprocessing.identity()
     np.testing.assert_array_equal(m.preprocessing.apply(np.array([[0.0, 0.5, 1.0, 0.25]])), [[0.0, 0.5, 1.0, 0.25]])
+
+
+def test_a_logistic_model_has_one_level_width() -> None:
+    m = Manifest.model_validate(manifest(likelihood="logistic"))
+    assert m.decoder_outputs == ("mean", "log_scale") and m.bounded and m.level_width == pytest.approx(1 / 255)
+    assert m.mean_output == "mean" and Manifest.model_validate(manifest()).mean_output == "probs"
+    with pytest.raises(ValidationError, match="one preprocessing shift and scale"):
+        Manifest.model_validate(manifest(likelihood="logistic", preprocessing={"shift": [0.0], "scale": [1, 1, 1, 1]}))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bundles import Encoder, LinearBernoulli, LinearGaussian
+from tests.bundles import Encoder, LinearBernoulli, LinearGaussian, LinearLogistic
 from vaeserve.server.engine.bundle import load_bundle
 from vaeserve.server.engine.engine import Engine
 from vaeserve.server.engine.results import ScoreOptions
@@ -175,3 +175,44 @@ def test_k_one_reports_no_standard_error(worse: Engine, x: np.ndarray) -> None:
     r = worse.score(worse.prepare(x), ScoreOptions(k=1), seed=0)
     assert np.all(np.isnan(r["log_px_se"])) and np.all(np.isnan(r["elbo_se"]))
     np.testing.assert_allclose(r["ess"], 1.0)
+
+
+def test_discretized_logistic_path_matches_scipy(tmp_path: Path) -> None:
+    """log P(x|z) of the discretized logistic (the end levels' bins open) against scipy's CDF, same draws;
+    raw inputs are whole levels 0..255, the server maps them to [0, 1]."""
+    from scipy.stats import logistic
+
+    model = LinearLogistic.random(dim=12, latent=3, levels=255, seed=4)
+    engine = Engine(model.write(tmp_path / "logistic"), CPU)
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 256, (6, 12)).astype(np.float64)
+    raw[0, :4] = 0  # the open bins at both ends
+    raw[1, :4] = 255
+    k, seed = 64, 9
+    r = engine.score(engine.prepare(raw), ScoreOptions(k=k, per_dim=True), seed=seed)
+    x = raw / 255
+    eps = np.random.default_rng(seed).standard_normal((k, 3), dtype=np.float32).astype(np.float64)
+    mean_z = x @ model.A.T + model.c
+    z = mean_z[:, None, :] + np.exp(0.5 * model.logvar) * eps[None]
+    mean = z @ model.W.T + model.b  # [B, K, D]
+    s, w = np.exp(model.log_scale), 1 / 255
+    lo = np.where(x <= w / 2, -np.inf, x - w / 2)[:, None, :]
+    hi = np.where(x >= 1 - w / 2, np.inf, x + w / 2)[:, None, :]
+    # log(F(hi) - F(lo)) from the side where it does not underflow: the CDF left of the mean, the survival
+    # function right of it (scipy's logcdf and logsf; the far tails reach -100 nats per pixel here).
+    with np.errstate(divide="ignore"):
+        left = logistic.logcdf(hi, mean, s) + np.log1p(
+            -np.exp(logistic.logcdf(lo, mean, s) - logistic.logcdf(hi, mean, s))
+        )
+        right = logistic.logsf(lo, mean, s) + np.log1p(
+            -np.exp(logistic.logsf(hi, mean, s) - logistic.logsf(lo, mean, s))
+        )
+    per_draw = np.where(mean >= x[:, None, :], left, right)  # [B, K, D]
+    np.testing.assert_allclose(r["reconstruction_term"], per_draw.sum(axis=2).mean(axis=1), rtol=1e-5, atol=1e-4)
+    assert r.per_dim is not None
+    np.testing.assert_allclose(r.per_dim.reshape(6, 12), per_draw.mean(axis=1), rtol=1e-5, atol=1e-4)
+    # Draws of x land on the levels, inside [0, 1].
+    params = engine.decode(mean_z.astype(np.float32))
+    draws = engine.sample_x(params, seed=1) * 255
+    np.testing.assert_allclose(draws, np.round(draws), atol=1e-3)
+    assert draws.min() >= 0 and draws.max() <= 255

@@ -228,3 +228,21 @@ def test_a_conv_model_on_a_flat_digits_file(tmp_path: Path) -> None:
     assert main([*args, *QUICK]) == 0
     m = load_bundle(out).manifest
     assert m.input_shape == [1, 8, 8] and m.training is not None and m.training.architecture["kind"] == "conv"
+
+
+def test_a_discretized_logistic_model_of_8_bit_images(tmp_path: Path) -> None:
+    """--likelihood logistic: log p(x) is the probability of the images as sent (whole levels), served as such."""
+    rng = np.random.default_rng(0)
+    images = (rng.random((120, 8, 8)) < 0.3) * rng.integers(0, 256, (120, 8, 8))
+    np.save(tmp_path / "img.npy", images.astype(np.uint8))
+    out = tmp_path / "logistic"
+    assert main(["train", str(tmp_path / "img.npy"), "--likelihood", "logistic", "--out", str(out), *QUICK]) == 0
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    assert m.likelihood == "logistic" and m.decoder_outputs == ("mean", "log_scale") and m.level_width == 1 / 255
+    assert m.calibration is not None and "complexity" in m.calibration.scores
+    engine = cpu_engine(bundle)
+    result = engine.score(engine.prepare(images[:4].reshape(4, -1)), ScoreOptions(k=16), seed=0)
+    assert np.all(result["log_px"] < 0)  # a probability of discrete data: log p(x) <= 0
+    np.save(tmp_path / "real.npy", rng.random((40, 8, 8)) * 255)
+    assert main(["train", str(tmp_path / "real.npy"), "--likelihood", "logistic", *QUICK]) == 2

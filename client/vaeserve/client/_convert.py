@@ -25,7 +25,11 @@ from vaeserve.client._results import (
     Typicality,
 )
 
-_LIKELIHOOD = {pb.LIKELIHOOD_BERNOULLI: "bernoulli", pb.LIKELIHOOD_GAUSSIAN: "gaussian"}
+_LIKELIHOOD = {
+    pb.LIKELIHOOD_BERNOULLI: "bernoulli",
+    pb.LIKELIHOOD_GAUSSIAN: "gaussian",
+    pb.LIKELIHOOD_LOGISTIC: "logistic",
+}
 
 
 def served_by(header: pb.ReplyHeader) -> ServedBy:

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 __all__ = [
+    "BOUNDED",
     "DECODER_FILE",
     "DECODER_INPUT",
     "DECODER_OUTPUTS",
@@ -47,7 +48,14 @@ DECODER_FILE = "decoder.onnx"
 ENCODER_INPUT = "x"
 ENCODER_OUTPUTS = ("z_mean", "z_logvar")
 DECODER_INPUT = "z"
-DECODER_OUTPUTS: dict[str, tuple[str, ...]] = {"bernoulli": ("logits",), "gaussian": ("mean", "logvar")}
+DECODER_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "bernoulli": ("logits",),
+    "gaussian": ("mean", "logvar"),
+    "logistic": ("mean", "log_scale"),
+}
+# Likelihoods of data in [0, 1] after preprocessing: Bernoulli of grey levels, and the discretized logistic
+# of whole raw levels (each level one bin of width preprocessing.scale; the ends open to -inf and +inf).
+BOUNDED = frozenset({"bernoulli", "logistic"})
 _SCORE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DIR_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -260,7 +268,7 @@ class Manifest(_Strict):
     created: datetime | None = None
     input_shape: list[PositiveInt] = Field(min_length=1)
     latent_dim: PositiveInt
-    likelihood: Literal["bernoulli", "gaussian"]
+    likelihood: Literal["bernoulli", "gaussian", "logistic"]
     sha256: dict[str, str]
     preprocessing: Preprocessing = Field(default_factory=Preprocessing.identity)
     image: ImageLayout | None = None
@@ -295,6 +303,8 @@ class Manifest(_Strict):
             n = len(getattr(self.preprocessing, field))
             if n not in (1, dim):
                 raise ValueError(f"preprocessing.{field} has {n} values; needs 1 or {dim} (one per input feature)")
+        if self.likelihood == "logistic" and (len(self.preprocessing.scale) != 1 or len(self.preprocessing.shift) != 1):
+            raise ValueError("a logistic model needs one preprocessing shift and scale: the width of a raw level")
         if self.background is not None and self.background_manifest not in self.sha256:
             raise ValueError(f"background {self.background!r} needs the sha256 of {self.background_manifest}")
         if self.image is not None:
@@ -314,6 +324,21 @@ class Manifest(_Strict):
     @property
     def decoder_outputs(self) -> tuple[str, ...]:
         return DECODER_OUTPUTS[self.likelihood]
+
+    @property
+    def bounded(self) -> bool:
+        """Model-space data lie in [0, 1] (Bernoulli, discretized logistic)."""
+        return self.likelihood in BOUNDED
+
+    @property
+    def mean_output(self) -> str:
+        """The decoded parameter that is E[x|z] (after the engine adds `probs` for Bernoulli models)."""
+        return "probs" if self.likelihood == "bernoulli" else "mean"
+
+    @property
+    def level_width(self) -> float:
+        """A discretized logistic model's bin: one raw level, in model space."""
+        return abs(self.preprocessing.scale[0])
 
     @property
     def background_manifest(self) -> str | None:

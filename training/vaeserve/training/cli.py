@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--classes", type=_ints, help="train on these classes only (the normal data), e.g. 0,1")
     t.add_argument(
         "--likelihood",
-        choices=["bernoulli", "gaussian"],
-        help="default: bernoulli for images (grey levels in [0, 1]) and IDX files, gaussian for tables",
+        choices=["bernoulli", "gaussian", "logistic"],
+        help="default: bernoulli for images (grey levels in [0, 1]) and IDX files, gaussian for tables; logistic: "
+        "a discretized logistic over whole raw levels (8-bit pixels), so log p(x) is the probability of the data",
     )
     t.add_argument(
         "--image",

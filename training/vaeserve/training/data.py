@@ -31,7 +31,8 @@ __all__ = [
     "select_classes",
 ]
 
-Likelihood = Literal["bernoulli", "gaussian"]
+Likelihood = Literal["bernoulli", "gaussian", "logistic"]
+BOUNDED = ("bernoulli", "logistic")  # model data in [0, 1]: a value range maps raw data there
 BUILTIN = ("digits", "mnist5k", "breast-cancer")
 # The calibration split: 10 % of the rows, raised toward CALIB_TARGET rows (enough for flags at
 # alpha = 0.01 with room to spare: 1 / (n + 1) <= 0.01 needs n >= 99) while it stays within 30 %.
@@ -107,8 +108,11 @@ def load_dataset(
     """A built-in name (digits, mnist5k, breast-cancer) or a path to .npy, .csv or IDX (optionally .gz) data."""
     if source in BUILTIN:
         dataset = _builtin(source)
-        if likelihood is not None and likelihood != dataset.likelihood:
-            raise DataError(f"{source}: the built-in data set is modelled with a {dataset.likelihood} likelihood")
+        image_likelihoods = BOUNDED if dataset.image is not None else (dataset.likelihood,)
+        if likelihood is not None and likelihood not in image_likelihoods:
+            raise DataError(f"{source}: the built-in data set takes a {' or '.join(image_likelihoods)} likelihood")
+        if likelihood is not None:
+            dataset.likelihood = likelihood
         return dataset
     path = Path(source)
     if not path.is_file():
@@ -126,8 +130,10 @@ def load_dataset(
             + ("image data, grey levels in [0, 1] as targets" if likelihood == "bernoulli" else "real-valued table")
             + " (--likelihood to choose)"
         )
-    if likelihood == "bernoulli":
+    if likelihood in BOUNDED:
         value_range = _value_range(x, path, value_range, kind, choices)
+        if likelihood == "logistic" and not np.all(x == np.round(x)):
+            raise DataError(f"{path}: a discretized logistic model needs whole-number levels (8-bit pixels, say)")
     elif value_range is not None:
         raise DataError("--value-range maps data onto [0, 1] for a Bernoulli model; a Gaussian model standardises")
     preset = kind.preset if kind is not None and (kind.image is not None) == is_image else None
@@ -255,7 +261,7 @@ def _value_range(
 
 
 def _fit_preprocessing(data: Dataset, train: np.ndarray) -> Preprocessing:
-    if data.likelihood == "bernoulli":
+    if data.likelihood in BOUNDED:
         lo, hi = data.value_range or (0.0, 1.0)
         return Preprocessing(shift=[lo], scale=[1.0 / (hi - lo)])
     flat = train.reshape(len(train), -1)

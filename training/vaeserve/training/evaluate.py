@@ -74,10 +74,10 @@ def save_pictures(engine: Engine, raw: np.ndarray, out: Path, *, seed: int, n: i
     out.mkdir(parents=True, exist_ok=True)
     x = engine.prepare(raw[:n])
     shape = (-1, *manifest.input_shape)
-    low, high = (0.0, 1.0) if manifest.likelihood == "bernoulli" else (float(x.min()), float(x.max()))
+    low, high = (0.0, 1.0) if manifest.bounded else (float(x.min()), float(x.max()))
     pairs = np.concatenate([x.reshape(shape), engine.reconstruct(x).reshape(shape)])
     _, params = engine.sample_prior(64, seed)
-    samples = params["probs" if manifest.likelihood == "bernoulli" else "mean"]
+    samples = params[manifest.mean_output]
     return [
         save_grid(pairs, out / "reconstructions.png", columns=len(x), low=low, high=high),
         save_grid(samples, out / "samples.png", columns=8, low=low, high=high),

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from vaeserve.api.manifest import MANIFEST_FILE
+from vaeserve.api.manifest import DECODER_OUTPUTS, MANIFEST_FILE
 from vaeserve.server.engine.bundle import Bundle, save_bundle
 from vaeserve.training.models import VAE
 
@@ -72,7 +72,7 @@ def to_onnx(
 
 def _graphs(vae: VAE) -> tuple[onnx.ModelProto, onnx.ModelProto, tuple[str, ...]]:
     vae = vae.cpu().eval()
-    outputs = ("logits",) if vae.config.likelihood == "bernoulli" else ("mean", "logvar")
+    outputs = DECODER_OUTPUTS[vae.config.likelihood]
     x = torch.rand(2, *vae.config.input_shape)
     z = torch.randn(2, vae.config.latent_dim)
     encoder = to_onnx(_Encoder(vae), x, "x", ("z_mean", "z_logvar"))

@@ -22,6 +22,7 @@ __all__ = ["MLPVAE", "VAE", "ConvVAE", "VAEConfig", "build_model"]
 # The Gaussian decoder's log-variance is bounded below softly: on standardised tables an
 # unbounded variance can collapse onto single training points and the likelihood explodes.
 MIN_LOGVAR = -7.0
+MIN_LOG_SCALE = -8.0  # the discretized logistic's scale, softly bounded the same way (far below 1/255)
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -29,12 +30,13 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "e
 @dataclass
 class VAEConfig:
     input_shape: tuple[int, ...]
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian", "logistic"] = "bernoulli"
     kind: Literal["mlp", "conv"] = "mlp"
     latent_dim: int = 8
     hidden: tuple[int, ...] = (256, 128)  # MLP layer widths, input side first
     activation: str = "tanh"  # tanh: the IWAE paper's choice, smooth for the Gaussian decoder
     channels: tuple[int, ...] = field(default_factory=lambda: (32, 64))  # conv: one stride-2 layer each
+    level_width: float = 1 / 255  # logistic: one raw level in model space (the bins of the likelihood)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -63,6 +65,11 @@ class VAE(nn.Module):
         if self.config.likelihood == "bernoulli":
             return {"logits": out.reshape(shape)}
         mean, raw = out.chunk(2, dim=1)
+        if self.config.likelihood == "logistic":
+            return {
+                "mean": mean.reshape(shape),
+                "log_scale": (MIN_LOG_SCALE + F.softplus(raw - MIN_LOG_SCALE)).reshape(shape),
+            }
         return {"mean": mean.reshape(shape), "logvar": (MIN_LOGVAR + F.softplus(raw - MIN_LOGVAR)).reshape(shape)}
 
     @property
@@ -133,7 +140,7 @@ class ConvVAE(VAE):
 
     def decode(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.decoder(self.from_latent(z).reshape(-1, *self.grid))
-        if self.config.likelihood == "gaussian":
+        if self.config.likelihood != "bernoulli":
             mean, raw = out.chunk(2, dim=1)
             out = torch.cat([mean.flatten(1), raw.flatten(1)], dim=1)
         return self._params(out.flatten(1), z.shape[0])

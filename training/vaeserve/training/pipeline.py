@@ -16,7 +16,16 @@ from vaeserve.api.manifest import MANIFEST_FILE, Calibration, TrainingSummary
 from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine import Bundle, Engine, RuntimeConfig, load_bundle, publish_bundle
 from vaeserve.server.engine.bundle import sha256_of, staging_dir, update_manifest
-from vaeserve.training.data import BUILTIN, DEFAULT_SPLIT, Dataset, Likelihood, Splits, load_dataset, make_splits
+from vaeserve.training.data import (
+    BOUNDED,
+    BUILTIN,
+    DEFAULT_SPLIT,
+    Dataset,
+    Likelihood,
+    Splits,
+    load_dataset,
+    make_splits,
+)
 from vaeserve.training.evaluate import KRow, active_units, calibrate, evaluate
 from vaeserve.training.export import export_bundle
 from vaeserve.training.models import VAEConfig, build_model
@@ -116,7 +125,7 @@ def load_for_bundle(
         labels=labels,
         label_column=label_column,
         image=(m.image.channels, m.image.height, m.image.width) if m.image and not builtin else None,
-        value_range=bernoulli_range if m.likelihood == "bernoulli" and not builtin else None,
+        value_range=bernoulli_range if m.bounded and not builtin else None,
     )
 
 
@@ -161,6 +170,8 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     config.train.device = resolve_device(config.train.device)
     model_config = config.model or VAEConfig(input_shape=data.input_shape)
     model_config.input_shape, model_config.likelihood = data.input_shape, data.likelihood
+    if data.likelihood == "logistic":
+        model_config.level_width = splits.preprocessing.scale[0]  # one raw level in model space
     seed_everything(config.train.seed)
     model = build_model(model_config)
     pre = splits.preprocessing
@@ -269,10 +280,8 @@ def _perturbed(x: np.ndarray, rate: float, likelihood: str, rng: np.random.Gener
     """Each feature replaced with probability `rate` by noise: a uniform value in [0, 1] for Bernoulli data,
     the same feature of a random training row for standardised tables."""
     replace_mask = rng.random(x.shape) < rate
-    if likelihood == "bernoulli":
-        noise = rng.random(x.shape).astype(np.float32)
-    else:
-        noise = x[rng.integers(0, len(x), size=len(x))]
+    bounded = likelihood in BOUNDED
+    noise = rng.random(x.shape).astype(np.float32) if bounded else x[rng.integers(0, len(x), size=len(x))]
     return np.where(replace_mask, noise, x).astype(np.float32)
 
 

@@ -65,12 +65,16 @@ class _LikelihoodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Likelihood
     LIKELIHOOD_UNSPECIFIED: _Likelihood.ValueType  # 0
     LIKELIHOOD_BERNOULLI: _Likelihood.ValueType  # 1
     LIKELIHOOD_GAUSSIAN: _Likelihood.ValueType  # 2
+    LIKELIHOOD_LOGISTIC: _Likelihood.ValueType  # 3
+    """Discretized logistic over whole raw levels (8-bit pixels): a probability of the data as sent."""
 
 class Likelihood(_Likelihood, metaclass=_LikelihoodEnumTypeWrapper): ...
 
 LIKELIHOOD_UNSPECIFIED: Likelihood.ValueType  # 0
 LIKELIHOOD_BERNOULLI: Likelihood.ValueType  # 1
 LIKELIHOOD_GAUSSIAN: Likelihood.ValueType  # 2
+LIKELIHOOD_LOGISTIC: Likelihood.ValueType  # 3
+"""Discretized logistic over whole raw levels (8-bit pixels): a probability of the data as sent."""
 Global___Likelihood: _TypeAlias = Likelihood  # noqa: Y015
 
 class _PosteriorSampler:

@@ -36,10 +36,10 @@ class Complexity:
 
 
 def to_uint8(x: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """Model-space inputs [B, D] as 8-bit images [B, C, H, W]: Bernoulli data in [0, 1] times 255;
+    """Model-space inputs [B, D] as 8-bit images [B, C, H, W]: data in [0, 1] (Bernoulli, logistic) times 255;
     other models' raw units (pixels 0-255) rounded and clipped."""
     assert manifest.image is not None
-    values = x * 255.0 if manifest.likelihood == "bernoulli" else manifest.preprocessing.invert(x)
+    values = x * 255.0 if manifest.bounded else manifest.preprocessing.invert(x)
     image = manifest.image
     shape = (len(x), image.channels, image.height, image.width)
     return np.clip(np.rint(values), 0, 255).astype(np.uint8).reshape(shape)

@@ -175,6 +175,11 @@ class Engine:
         if self.manifest.likelihood == "bernoulli":
             probs = params["probs"]
             return (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.float32)
+        if self.manifest.likelihood == "logistic":  # a logistic draw, on the nearest level in [0, 1]
+            mean, scale, width = params["mean"], np.exp(params["log_scale"]), self.manifest.level_width
+            u = rng.random(mean.shape, dtype=np.float32).clip(1e-6, 1 - 1e-6)
+            draw = mean + scale * (np.log(u) - np.log1p(-u))
+            return (np.clip(np.round(draw / width) * width, 0.0, 1.0)).astype(np.float32)
         mean, logvar = params["mean"], params["logvar"]
         return (mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape, dtype=np.float32)).astype(np.float32)
 
@@ -185,7 +190,7 @@ class Engine:
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """The decoder's mean of p(x|z) at the posterior mean, [B, *input_shape]."""
         params = self.decode(self.encode(x)[0])
-        return params["probs" if self.manifest.likelihood == "bernoulli" else "mean"]
+        return params[self.manifest.mean_output]
 
     # --- scoring --------------------------------------------------------------------------
 
@@ -358,7 +363,7 @@ class Engine:
     def warm_up(self) -> None:
         """Runs every session once (first runs allocate), checking output shapes against the manifest."""
         m = self.manifest
-        x = np.full((2, m.dim), 0.5 if m.likelihood == "bernoulli" else 0.0, np.float32)
+        x = np.full((2, m.dim), 0.5 if m.bounded else 0.0, np.float32)
         mean, logvar = self.encode(x)
         if mean.shape != (2, m.latent_dim) or logvar.shape != (2, m.latent_dim):
             raise BundleError(f"encoder returned {mean.shape} and {logvar.shape}; expected (2, {m.latent_dim})")

@@ -126,6 +126,14 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
         if variant.sq_err:
             miss = g.op("Sub", x3, g.op("Sigmoid", logits))
             g.op("ReduceSum", g.op("Mul", miss, miss), axis2, out=SQ_ERR, keepdims=0)
+    elif manifest.likelihood == "logistic":
+        mean_name, log_scale_name = manifest.decoder_outputs
+        mean = g.op("Reshape", f"decoder/{mean_name}", to_bcd)
+        log_scale = g.op("Reshape", f"decoder/{log_scale_name}", to_bcd)
+        diff = g.op("Sub", x3, mean)
+        elementwise = _logistic_elementwise(g, x3, diff, log_scale, manifest.level_width)
+        if variant.sq_err:
+            g.op("ReduceSum", g.op("Mul", diff, diff), axis2, out=SQ_ERR, keepdims=0)
     else:
         mean_name, logvar_name = manifest.decoder_outputs
         mean = g.op("Reshape", f"decoder/{mean_name}", to_bcd)
@@ -182,6 +190,41 @@ def _bernoulli_elementwise(g: _Builder, x: str, logits: str) -> str:
     """
     xl = g.op("Mul", x, logits)
     return g.op("Add", g.op("Min", xl, g.op("Sub", xl, logits)), g.op("Log", g.op("Sigmoid", g.op("Abs", logits))))
+
+
+def _softplus(g: _Builder, t: str) -> str:
+    """log(1 + e^t) = relu(t) + log(1 + e^-|t|), in vectorised ops (onnxruntime's Softplus is scalar code)."""
+    one = g.const(np.array(1.0, np.float32), "one")
+    return g.op("Add", g.op("Relu", t), g.op("Log", g.op("Add", one, g.op("Exp", g.op("Neg", g.op("Abs", t))))))
+
+
+def _logistic_elementwise(g: _Builder, x: str, diff: str, log_scale: str, width: float) -> str:
+    """log P(x | mean, scale) of the discretized logistic: the logistic's mass on [x - w/2, x + w/2], the
+    lowest level's bin open to -inf and the highest's to +inf (x in [0, 1] on levels w apart).
+
+    With a = (x - mean + w/2) / s and b = a - w/s: sigma(a) - sigma(b) = sigma(a) (1 - sigma(b)) (1 - e^(-w/s)),
+    so log P = -softplus(-a) [not top] - softplus(b) [not bottom] + log(1 - e^(-w/s)) [neither]: no
+    difference of two nearly equal numbers is ever taken.
+    """
+    f32 = np.float32
+    inv_s = g.op("Exp", g.op("Neg", log_scale))
+    a = g.op("Mul", g.op("Add", diff, g.const(np.array(width / 2, f32), "half_width")), inv_s)
+    eps = g.op("Mul", g.const(np.array(width, f32), "width"), inv_s)  # w / s
+    b = g.op("Sub", a, eps)
+    one = g.const(np.array(1.0, f32), "one")
+    # log(1 - e^-eps): for eps below 1e-3 use log(eps) - eps / 2 (1 - e^-eps rounds badly in float32).
+    small = g.op("Less", eps, g.const(np.array(1e-3, f32), "small"))
+    exact = g.op(
+        "Log", g.op("Sub", one, g.op("Exp", g.op("Neg", g.op("Max", eps, g.const(np.array(1e-3, f32), "floor")))))
+    )
+    approx = g.op("Sub", g.op("Log", eps), g.op("Mul", eps, g.const(np.array(0.5, f32), "half")))
+    log_mass = g.op("Where", small, approx, exact)
+    not_bottom = g.op("Cast", g.op("Greater", x, g.const(np.array(width / 2, f32), "bottom")), to=TensorProto.FLOAT)
+    not_top = g.op("Cast", g.op("Less", x, g.const(np.array(1 - width / 2, f32), "top")), to=TensorProto.FLOAT)
+    upper = g.op("Mul", not_top, g.op("Neg", _softplus(g, g.op("Neg", a))))
+    lower = g.op("Mul", not_bottom, g.op("Neg", _softplus(g, b)))
+    inner = g.op("Mul", g.op("Mul", not_top, not_bottom), log_mass)
+    return g.op("Add", g.op("Add", upper, lower), inner)
 
 
 def _bernoulli_sum(g: _Builder, x: str, logits: str, dim: int, out: str) -> str:

@@ -12,6 +12,7 @@ __all__ = ["InputChecker", "require_finite"]
 # Values a float32 graph squares without overflow; far beyond any preprocessed data.
 _GAUSSIAN_LIMIT = 1e6
 _BERNOULLI_SLACK = 1e-5  # float rounding of raw * scale, e.g. 255 * (1 / 255)
+_NAMES = {"bernoulli": "Bernoulli", "logistic": "discretized logistic"}
 
 
 class InputChecker:
@@ -26,7 +27,7 @@ class InputChecker:
         )
         self._dim = manifest.dim
         self._preprocessing = manifest.preprocessing
-        self._bernoulli = manifest.likelihood == "bernoulli"
+        self._bernoulli = manifest.bounded
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """Raw client inputs [B, *input_shape] or [B, D] -> checked model-space float32 [B, D]."""
@@ -59,8 +60,8 @@ class InputChecker:
             row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
             raise InvalidArgument(
                 f"x[{row}] feature {col} is {flat[row, col]:g} in raw units, {x[row, col]:.6g} after "
-                f"preprocessing; this Bernoulli model takes values in [0, 1] after preprocessing (raw range "
-                f"{self._raw_range(col)})"
+                f"preprocessing; this {_NAMES[self.manifest.likelihood]} model takes values in [0, 1] after "
+                f"preprocessing (raw range {self._raw_range(col)})"
             )
         np.clip(x, 0.0, 1.0, out=x)
 

@@ -46,7 +46,11 @@ __all__ = [
 
 INPUT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64, np.uint8, np.int32, np.int64))
 LATENT_DTYPES = frozenset(np.dtype(d) for d in (np.float32, np.float64))
-_LIKELIHOOD = {"bernoulli": pb.LIKELIHOOD_BERNOULLI, "gaussian": pb.LIKELIHOOD_GAUSSIAN}
+_LIKELIHOOD = {
+    "bernoulli": pb.LIKELIHOOD_BERNOULLI,
+    "gaussian": pb.LIKELIHOOD_GAUSSIAN,
+    "logistic": pb.LIKELIHOOD_LOGISTIC,
+}
 _STATE = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
     ModelState.READY: pb.MODEL_STATE_READY,

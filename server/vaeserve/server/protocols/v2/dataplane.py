@@ -84,7 +84,7 @@ def split_name(v2_name: str) -> tuple[str, str]:
 
 def _decoded_specs(model: ServedModel) -> list[TensorSpec]:
     shape = (-1, *model.manifest.input_shape)
-    names = [*model.manifest.decoder_outputs] + (["probs"] if model.manifest.likelihood == "bernoulli" else [])
+    names = [*model.manifest.decoder_outputs] + (["probs"] if model.manifest.mean_output == "probs" else [])
     return [TensorSpec(n, "FP32", shape) for n in [*names, "x_sample"]]
 
 
