@@ -246,3 +246,17 @@ def test_a_discretized_logistic_model_of_8_bit_images(tmp_path: Path) -> None:
     assert np.all(result["log_px"] < 0)  # a probability of discrete data: log p(x) <= 0
     np.save(tmp_path / "real.npy", rng.random((40, 8, 8)) * 255)
     assert main(["train", str(tmp_path / "real.npy"), "--likelihood", "logistic", *QUICK]) == 2
+
+
+def test_model_auto_keeps_the_better_validation_elbo(tmp_path: Path) -> None:
+    out = tmp_path / "auto"
+    assert (
+        main(["train", "digits", "--classes", "2", "--model", "auto", "--channels", "8,16", "--out", str(out), *QUICK])
+        == 0
+    )
+    m = load_bundle(out).manifest
+    assert m.training is not None
+    choice = m.training.choices["model"]
+    kind = m.training.architecture["kind"]
+    assert kind in ("mlp", "conv") and choice.startswith(f"{kind}: the better validation ELBO per input (mlp ")
+    assert " conv " in choice

@@ -105,7 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--background-noise", type=float, default=0.2, help="fraction of features the background sees as noise"
     )
-    t.add_argument("--model", choices=["mlp", "conv"], default="mlp")
+    t.add_argument(
+        "--model",
+        choices=["mlp", "conv", "auto"],
+        default="mlp",
+        help="auto: train both (images) and keep the better validation ELBO; mlp is the default, measured as "
+        "good as conv for anomalies and several times faster on a CPU",
+    )
     t.add_argument("--hidden", type=_ints, help="MLP hidden widths, e.g. 200,200")
     t.add_argument("--channels", type=_ints, help="conv channels, one stride-2 layer each, e.g. 32,64")
     t.add_argument("--latent", type=int, help="latent dimension")

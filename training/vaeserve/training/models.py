@@ -31,7 +31,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "e
 class VAEConfig:
     input_shape: tuple[int, ...]
     likelihood: Literal["bernoulli", "gaussian", "logistic"] = "bernoulli"
-    kind: Literal["mlp", "conv"] = "mlp"
+    kind: Literal["mlp", "conv", "auto"] = "mlp"  # auto: training keeps the better of the two on validation data
     latent_dim: int = 8
     hidden: tuple[int, ...] = (256, 128)  # MLP layer widths, input side first
     activation: str = "tanh"  # tanh: the IWAE paper's choice, smooth for the Gaussian decoder

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from vaeserve.training.data import (
 )
 from vaeserve.training.evaluate import KRow, active_units, calibrate, evaluate
 from vaeserve.training.export import export_bundle
-from vaeserve.training.models import VAEConfig, build_model
+from vaeserve.training.models import VAE, VAEConfig, build_model
 from vaeserve.training.train import History, TrainConfig, fit, resolve_device, seed_everything
 
 __all__ = [
@@ -172,15 +173,10 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     model_config.input_shape, model_config.likelihood = data.input_shape, data.likelihood
     if data.likelihood == "logistic":
         model_config.level_width = splits.preprocessing.scale[0]  # one raw level in model space
-    seed_everything(config.train.seed)
-    model = build_model(model_config)
     pre = splits.preprocessing
-    history = fit(
-        model,
-        pre.apply(_flat(splits.train)).reshape(splits.train.shape),
-        pre.apply(_flat(splits.val)).reshape(splits.val.shape),
-        config.train,
-    )
+    train = pre.apply(_flat(splits.train)).reshape(splits.train.shape)
+    val = pre.apply(_flat(splits.val)).reshape(splits.val.shape)
+    model, history, model_config, picked = _fit_best(model_config, train, val, config.train)
     model = model.cpu()
     name = config.name or data.name.removesuffix(".npy").removesuffix(".csv")
     bundle, parity = export_bundle(
@@ -197,7 +193,7 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
         preprocessing=pre,
         image=data.image,
     )
-    choices = {**data.choices, "split": splits.rule}
+    choices = {**data.choices, "split": splits.rule, **({"model": picked} if picked else {})}
     if config.background:
         bundle = _train_background(config, model_config, splits, name, staging)
         choices["background"] = (
@@ -238,6 +234,37 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     )
     bundle = update_manifest(bundle.path, training=summary.model_dump(), calibration=calibration.model_dump())
     return RunReport(bundle, history, test_iwae, test_elbo, units, parity, calibration, time.perf_counter() - started)
+
+
+def _fit_best(
+    model_config: VAEConfig, train: np.ndarray, val: np.ndarray, train_config: TrainConfig
+) -> tuple[VAE, History, VAEConfig, str]:
+    """Fits the model; with kind "auto", an MLP and a convolutional model (where the image's sides allow one)
+    and keeps the one with the better validation ELBO: normal held-out data only, the same likelihood, so
+    the two are compared in the same units. Returns the model, its history, its config and the choice."""
+    auto = model_config.kind == "auto"
+    kinds: list[Literal["mlp", "conv", "auto"]] = ["mlp", "conv"] if auto else [model_config.kind]
+    if auto and not _conv_fits(model_config):
+        kinds = ["mlp"]
+    fitted = []
+    for kind in kinds:
+        candidate = replace(model_config, kind=kind)
+        seed_everything(train_config.seed)
+        model = build_model(candidate)
+        history = fit(model, train, val, train_config)
+        fitted.append((history.val_elbo[history.best_epoch - 1], kind, model, history, candidate))
+    _, kind, model, history, chosen = max(fitted, key=lambda f: f[0])
+    if not auto:
+        return model, history, chosen, ""
+    if len(fitted) == 1:
+        return model, history, chosen, "mlp: the input is not an image a conv model takes"
+    scores = ", ".join(f"{k} {e:.3f}" for e, k, *_ in fitted)
+    return model, history, chosen, f"{kind}: the better validation ELBO per input ({scores} nats)"
+
+
+def _conv_fits(config: VAEConfig) -> bool:
+    shape, layers = config.input_shape, len(config.channels)
+    return len(shape) == 3 and shape[1] % 2**layers == 0 and shape[2] % 2**layers == 0
 
 
 def _train_background(config: RunConfig, model_config: VAEConfig, splits: Splits, name: str, staging: Path) -> Bundle:

@@ -169,6 +169,12 @@ class Engine:
             outputs["probs"] = _sigmoid(outputs["logits"])
         return outputs
 
+    def expected_x(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        """E[x|z] (approximately, for the logistic: its location clipped to [0, 1], where its open end bins
+        let it run past)."""
+        mean = params[self.manifest.mean_output]
+        return np.clip(mean, 0.0, 1.0) if self.manifest.likelihood == "logistic" else mean
+
     def sample_x(self, params: dict[str, np.ndarray], seed: int) -> np.ndarray:
         """x ~ p(x|z) for each row; row i uses row i of the seed's noise."""
         rng = stream(seed ^ 0xD1CE)
@@ -189,8 +195,7 @@ class Engine:
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """The decoder's mean of p(x|z) at the posterior mean, [B, *input_shape]."""
-        params = self.decode(self.encode(x)[0])
-        return params[self.manifest.mean_output]
+        return self.expected_x(self.decode(self.encode(x)[0]))
 
     # --- scoring --------------------------------------------------------------------------
 

@@ -132,8 +132,15 @@ def build_score_graph(bundle: Bundle, variant: Variant) -> onnx.ModelProto:
         log_scale = g.op("Reshape", f"decoder/{log_scale_name}", to_bcd)
         diff = g.op("Sub", x3, mean)
         elementwise = _logistic_elementwise(g, x3, diff, log_scale, manifest.level_width)
-        if variant.sq_err:
-            g.op("ReduceSum", g.op("Mul", diff, diff), axis2, out=SQ_ERR, keepdims=0)
+        if variant.sq_err:  # E[x|z] lies in [0, 1]: an end level's mean may run far past it (its bin is open)
+            miss = g.op(
+                "Sub",
+                x3,
+                g.op(
+                    "Clip", mean, g.const(np.array(0.0, np.float32), "zero"), g.const(np.array(1.0, np.float32), "one")
+                ),
+            )
+            g.op("ReduceSum", g.op("Mul", miss, miss), axis2, out=SQ_ERR, keepdims=0)
     else:
         mean_name, logvar_name = manifest.decoder_outputs
         mean = g.op("Reshape", f"decoder/{mean_name}", to_bcd)
