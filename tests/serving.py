@@ -52,6 +52,9 @@ class RunningServer:
 
     def stop(self, grace: float | None = 0.0) -> None:
         self.run(self.app.stop(grace))
+        self.close_loop()
+
+    def close_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()

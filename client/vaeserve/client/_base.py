@@ -111,14 +111,21 @@ class ClientBase:
         retries: int = 3,
         round_robin: bool = False,
         max_message_mb: int = 64,
+        token: str | None = None,
     ) -> None:
         """`target` is host:port, or dns:///name:port with `round_robin` to spread calls over replicas;
         `timeout` is each call's deadline in seconds (None: none; "auto": 60 s, and a Score call's grows
         by a second per DRAWS_PER_S importance draws it asks for); arrays go in requests of `batch_size` inputs, with
         up to `concurrency` in flight; `model` and `version`, when given, must match the served model;
-        calls answered UNAVAILABLE are retried up to `retries` times with exponential backoff."""
+        calls answered UNAVAILABLE are retried up to `retries` times with exponential backoff; `token` is
+        sent as a bearer token with every call (a server started with --auth-tokens needs one)."""
         self.config = ChannelConfig(
-            target=target, tls=tls, retries=retries, round_robin=round_robin, max_message_mb=max_message_mb
+            target=target,
+            tls=tls,
+            retries=retries,
+            round_robin=round_robin,
+            max_message_mb=max_message_mb,
+            token=token,
         )
         self.auto_timeout = timeout == "auto"
         self.timeout: float | None = AUTO_TIMEOUT_S if timeout == "auto" else timeout

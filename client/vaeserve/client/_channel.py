@@ -9,9 +9,10 @@ safe (a repeated UnloadModel may answer NOT_FOUND: the first one did the work).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -49,6 +50,7 @@ class ChannelConfig:
     max_backoff_s: float = 3.0
     max_message_mb: int = 64
     round_robin: bool = False  # spread calls over every address the target resolves to (e.g. dns:///service:50051)
+    token: str | None = None  # sent as `authorization: Bearer <token>` with every call
 
     def options(self) -> list[tuple[str, Any]]:
         config: dict[str, Any] = {}
@@ -84,10 +86,85 @@ class ChannelConfig:
 
     def channel(self) -> grpc.Channel:
         if self.tls:
-            return grpc.secure_channel(self.target, self.tls.credentials(), options=self.options())
-        return grpc.insecure_channel(self.target, options=self.options())
+            channel = grpc.secure_channel(self.target, self.tls.credentials(), options=self.options())
+        else:
+            channel = grpc.insecure_channel(self.target, options=self.options())
+        return grpc.intercept_channel(channel, _Bearer(self.token)) if self.token else channel
 
     def aio_channel(self) -> grpc.aio.Channel:
+        interceptors = _aio_bearer(self.token) if self.token else None
         if self.tls:
-            return grpc.aio.secure_channel(self.target, self.tls.credentials(), options=self.options())
-        return grpc.aio.insecure_channel(self.target, options=self.options())
+            return grpc.aio.secure_channel(
+                self.target, self.tls.credentials(), options=self.options(), interceptors=interceptors
+            )
+        return grpc.aio.insecure_channel(self.target, options=self.options(), interceptors=interceptors)
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: Any
+
+
+def _with_token(details: Any, token: str) -> _CallDetails:
+    metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
+    compression = getattr(details, "compression", None)
+    return _CallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready, compression
+    )
+
+
+# grpc-stubs makes the interceptor bases generic only in its stubs: typed loosely here.
+_Sync: Any = (
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+)
+_AioUnaryUnary: Any = grpc.aio.UnaryUnaryClientInterceptor
+_AioUnaryStream: Any = grpc.aio.UnaryStreamClientInterceptor
+_AioStreamStream: Any = grpc.aio.StreamStreamClientInterceptor
+
+
+class _Bearer(*_Sync):  # type: ignore[misc]
+    """Adds the bearer token to every call of a synchronous channel (plaintext or TLS alike)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_with_token(details, self.token), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_with_token(details, self.token), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(_with_token(details, self.token), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(_with_token(details, self.token), requests)
+
+
+def _aio_bearer(token: str) -> Any:
+    def details_of(details: Any) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), ("authorization", f"Bearer {token}"))
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    class UnaryUnary(_AioUnaryUnary):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(details_of(details), request)
+
+    class UnaryStream(_AioUnaryStream):  # type: ignore[misc]
+        async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(details_of(details), request)
+
+    class StreamStream(_AioStreamStream):  # type: ignore[misc]
+        async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+            return await continuation(details_of(details), requests)
+
+    return [UnaryUnary(), UnaryStream(), StreamStream()]

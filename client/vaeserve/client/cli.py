@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,19 +27,40 @@ from vaeserve.client.tables import format_table
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vaeserve", description=__doc__)
-    p.add_argument("--target", default="localhost:50051", help="server address host:port, or dns:///name:port")
+# The connection options, taken before or after the command; their defaults apply once parsing is done.
+_CONNECTION_DEFAULTS: dict[str, Any] = {
+    "target": "localhost:50051",
+    "timeout": None,
+    "round_robin": False,
+    "tls_ca": None,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_server_name": None,
+    "token": None,
+}
+
+
+def _add_connection(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an option left out after the command does not undo one given before it.
+    s = argparse.SUPPRESS
+    p.add_argument("--target", default=s, help="server address host:port, or dns:///name:port (localhost:50051)")
     p.add_argument(
         "--timeout",
         type=float,
+        default=s,
         help="deadline per call in seconds (default: 60 s, and a score request's grows with its inputs x K)",
     )
-    p.add_argument("--round-robin", action="store_true", help="spread calls over every address of the target")
-    p.add_argument("--tls-ca", type=Path, help="PEM CA bundle to verify the server (enables TLS)")
-    p.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
-    p.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
-    p.add_argument("--tls-server-name", help="name expected in the server certificate")
+    p.add_argument("--round-robin", action="store_true", default=s, help="spread calls over every address")
+    p.add_argument("--tls-ca", type=Path, default=s, help="PEM CA bundle to verify the server (enables TLS)")
+    p.add_argument("--tls-cert", type=Path, default=s, help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, default=s, help="PEM client key (mutual TLS)")
+    p.add_argument("--tls-server-name", default=s, help="name expected in the server certificate")
+    p.add_argument("--token", default=s, help="bearer token for a server with --auth-tokens (default: $VAESERVE_TOKEN)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vaeserve", description=__doc__)
+    _add_connection(p)
     sub = p.add_subparsers(dest="command", required=True)
     # What a request asks for: a server with a model repository serves several models and versions.
     model = argparse.ArgumentParser(add_help=False)
@@ -106,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--start", type=int, default=0)
     ex.add_argument("--k", type=int)
     ex.add_argument("--seed", type=int)
+    for command in sub.choices.values():
+        _add_connection(command)
     return p
 
 
@@ -122,7 +146,7 @@ def _client(args: argparse.Namespace, **kw: Any) -> Client:
     kw.setdefault("model", getattr(args, "model", None))  # only the commands that send requests to a model
     kw.setdefault("version", getattr(args, "model_version", None))
     timeout: float | Literal["auto"] = "auto" if args.timeout is None else args.timeout
-    return Client(args.target, timeout=timeout, tls=tls, round_robin=args.round_robin, **kw)
+    return Client(args.target, timeout=timeout, tls=tls, round_robin=args.round_robin, token=args.token, **kw)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -387,8 +411,17 @@ _COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, connection options before or after the command; --token defaults to $VAESERVE_TOKEN."""
     args = _parser().parse_args(argv)
+    for name, default in _CONNECTION_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, os.environ.get("VAESERVE_TOKEN") or None if name == "token" else default)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
     try:
         if args.command in MODEL_COMMANDS:
             with _client(args) as client:

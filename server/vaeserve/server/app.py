@@ -13,15 +13,16 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vaeserve.api.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.api.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from vaeserve.server.boundary.auth import Authenticator, read_tokens
 from vaeserve.server.boundary.calls import CallBoundary
+from vaeserve.server.boundary.health import HealthService
 from vaeserve.server.boundary.interceptor import Boundary
 from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.engine import BundleError, NoiseCache
@@ -37,7 +38,6 @@ from vaeserve.server.settings import Settings
 __all__ = ["App", "create_server", "serve", "source_of"]
 
 log = logging.getLogger(__name__)
-AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]  # re-exported, untyped
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
 V2_SERVICE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -56,7 +56,7 @@ class App:
     server: grpc.aio.Server
     port: int
     registry: ModelRegistry
-    health: AsyncHealthServicer
+    health: HealthService
     metrics: Metrics
     executor: ThreadPoolExecutor
     http: HttpServer | None = None
@@ -107,13 +107,16 @@ class App:
             await self.health.set(name, _SERVING if name in ready else _NOT_SERVING)
             self._health_names.add(name)
 
-    async def stop(self, grace: float | None) -> None:
-        """Health NOT_SERVING, stop accepting, let requests in flight finish (up to grace), close models."""
+    async def stop(self, grace: float | None, drain_delay_s: float = 0.0) -> None:
+        """Health NOT_SERVING (health watchers told and let go), still taking requests for drain_delay_s so
+        load balancers move away, then stop accepting, let requests in flight finish (up to grace), close models."""
         self.lifecycle.draining = True
         if self._poller is not None:
             self._poller.cancel()
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
+        if drain_delay_s > 0:
+            await asyncio.sleep(drain_delay_s)
         stopping = [self.server.stop(grace)] + ([self.http.stop()] if self.http else [])
         await asyncio.gather(*stopping)
         await self.registry.close()
@@ -131,6 +134,40 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC channel arguments: message limits and connection hygiene (nothing held open forever)."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_mb << 20),
+        ("grpc.max_send_message_length", settings.max_message_mb << 20),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server_handshake_timeout_ms", ms(settings.handshake_timeout_s)),
+        ("grpc.keepalive_time_ms", ms(settings.keepalive_s)),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout_s)),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # Clients may ping as often as every 10 s without calls (grpc-java's and grpc-go's minimum), no oftener.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if settings.max_connection_idle_s is not None:
+        options.append(("grpc.max_connection_idle_ms", ms(settings.max_connection_idle_s)))
+    if settings.max_connection_age_s is not None:
+        options.append(("grpc.max_connection_age_ms", ms(settings.max_connection_age_s)))
+        options.append(("grpc.max_connection_age_grace_ms", ms(settings.grace_s)))
+    return options
+
+
+def authenticator(settings: Settings) -> Authenticator | None:
+    if settings.auth_tokens is None and settings.admin_tokens is None:
+        return None
+    tokens = read_tokens(settings.auth_tokens) if settings.auth_tokens else []
+    admin = read_tokens(settings.admin_tokens) if settings.admin_tokens else []
+    return Authenticator(tokens, admin, guard_health=settings.auth_health)
+
+
 def source_of(settings: Settings) -> Source:
     if settings.model_repository is not None:
         return RepositorySource(settings.model_repository)
@@ -143,15 +180,8 @@ async def create_server(settings: Settings) -> App:
     NOT_SERVING until `App.load()` has loaded a model."""
     limit = settings.max_message_mb << 20
     metrics = Metrics()
-    calls = CallBoundary(settings.max_in_flight, settings.log_requests, metrics)
-    server = grpc.aio.server(
-        interceptors=[Boundary(calls)],
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    calls = CallBoundary(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings))
+    server = grpc.aio.server(interceptors=[Boundary(calls)], options=server_options(settings))
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)
     executor = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="vaeserve-run")
@@ -163,7 +193,7 @@ async def create_server(settings: Settings) -> App:
     lifecycle = Lifecycle()
     plane = DataPlane(registry, lambda: not lifecycle.draining and bool(registry.ready_names()))
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    health_servicer = AsyncHealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection((SERVICE_NAME, V2_SERVICE_NAME, health_name, reflection.SERVICE_NAME), server)
@@ -207,6 +237,10 @@ async def serve(settings: Settings) -> None:
     polling = f", polled every {settings.repository_poll_s:g} s" if settings.repository_poll_s else ""
     log.info("SERVING %s as replica %s (%s%s)", ready, settings.replica_id, app.registry.source.describe(), polling)
     await stop.wait()
-    log.info("shutting down: NOT_SERVING, draining requests in flight (grace %.0f s)", settings.grace_s)
-    await app.stop(settings.grace_s)
+    log.info(
+        "shutting down: NOT_SERVING; taking requests for %g s more, then draining those in flight (grace %.0f s)",
+        settings.drain_delay_s,
+        settings.grace_s,
+    )
+    await app.stop(settings.grace_s, settings.drain_delay_s)
     log.info("stopped")

@@ -8,7 +8,9 @@ The request boundary (``vaeserve.server.boundary``) maps each class to one statu
     ├── ModelNotFound     a model name or version that is not served -> NOT_FOUND
     ├── NotReady          not serving yet, or shutting down         -> UNAVAILABLE
     ├── DeadlineExceeded  the caller's deadline passed mid-work     -> DEADLINE_EXCEEDED
-    └── Cancelled         the caller went away mid-work             -> CANCELLED
+    ├── Cancelled         the caller went away mid-work             -> CANCELLED
+    ├── Unauthenticated   no bearer token, or not a known one       -> UNAUTHENTICATED
+    └── PermissionDenied  a known token not allowed this call       -> PERMISSION_DENIED
 
 Anything else is a bug: logged with its traceback and answered INTERNAL.
 """
@@ -22,7 +24,9 @@ __all__ = [
     "LimitExceeded",
     "ModelNotFound",
     "NotReady",
+    "PermissionDenied",
     "ServingError",
+    "Unauthenticated",
 ]
 
 
@@ -51,4 +55,12 @@ class DeadlineExceeded(ServingError):
 
 
 class Cancelled(ServingError):
+    pass
+
+
+class Unauthenticated(ServingError):
+    pass
+
+
+class PermissionDenied(ServingError):
     pass

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vaeserve.server.boundary.auth import read_tokens
 from vaeserve.server.settings import Settings
 
 
@@ -21,10 +22,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", help="host:port (default: 127.0.0.1 and the configured port)")
     parser.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
-    target = args.target or f"127.0.0.1:{Settings().port}"
+    settings = Settings()
+    target = args.target or f"127.0.0.1:{settings.port}"
+    # With --auth-health the probe needs a token: the server's own first one (the probe runs beside it).
+    tokens = settings.auth_tokens or settings.admin_tokens
+    metadata = [("authorization", f"Bearer {read_tokens(tokens)[0]}")] if settings.auth_health and tokens else None
     with grpc.insecure_channel(target) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from vaeserve.api.scores import ANOMALY_SCORES
+from vaeserve.server.boundary.auth import read_tokens
 
 __all__ = ["Settings", "default_bundle", "load_settings"]
 
@@ -103,6 +104,33 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(None, description="PEM CA bundle that client certificates must chain to")
     require_client_cert: bool = Field(False, description="mutual TLS: refuse clients without a valid certificate")
+    auth_tokens: Path | None = Field(
+        None, description="file of bearer tokens, one per line: every call needs one (unset: no token needed)"
+    )
+    admin_tokens: Path | None = Field(
+        None, description="file of bearer tokens that may also call LoadModel and UnloadModel (and everything else)"
+    )
+    auth_health: bool = Field(False, description="health checks and reflection need a token too (off: open to probes)")
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="on SIGTERM, health turns NOT_SERVING at once and requests are still taken for this long, so "
+        "load balancers move away before the listener closes",
+    )
+    handshake_timeout_s: float = Field(
+        10.0, gt=0.0, description="close a connection that has not finished its TLS/HTTP/2 handshake by then"
+    )
+    max_connection_idle_s: float | None = Field(
+        300.0, gt=0.0, description="close a connection with no call for this long (unset: never)"
+    )
+    max_connection_age_s: float | None = Field(
+        None, gt=0.0, description="close every connection after this long, letting its calls finish (unset: never)"
+    )
+    keepalive_s: float = Field(
+        60.0, gt=0.0, description="ping a connection silent for this long; one that does not answer is closed"
+    )
+    keepalive_timeout_s: float = Field(20.0, gt=0.0, description="how long a keepalive ping waits for its answer")
+    max_concurrent_streams: int = Field(100, ge=1, description="most calls at once on one connection")
     replica_id: str = Field(default_factory=socket.gethostname, description="name of this replica in replies")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_requests: bool = Field(True, description="one log line per request")
@@ -118,6 +146,13 @@ class Settings(BaseSettings):
         if unknown or not names:
             raise ValueError(f"anomaly scores are {', '.join(known)}; got {', '.join(map(str, names)) or 'none'}")
         return tuple(names)
+
+    @field_validator("auth_tokens", "admin_tokens")
+    @classmethod
+    def _tokens_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_tokens(path)  # a missing or empty file is an error at start, not an open door
+        return path
 
     @property
     def flag_alpha(self) -> float:

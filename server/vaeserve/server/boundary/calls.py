@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from vaeserve.api.codec import TensorError
+from vaeserve.server.boundary.auth import Authenticator
 from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.errors import (
     Cancelled,
@@ -25,14 +26,19 @@ from vaeserve.server.errors import (
     LimitExceeded,
     ModelNotFound,
     NotReady,
+    PermissionDenied,
+    Unauthenticated,
 )
 
-__all__ = ["REQUEST_ID_KEY", "CallBoundary", "RequestInfo", "current_request", "status_of"]
+__all__ = ["AUTHORIZATION_KEY", "REQUEST_ID_KEY", "CallBoundary", "RequestInfo", "current_request", "status_of"]
 
 log = logging.getLogger("vaeserve.requests")
 errors_log = logging.getLogger("vaeserve.server.boundary")
 
 REQUEST_ID_KEY = "x-request-id"
+AUTHORIZATION_KEY = "authorization"
+# The Open Inference Protocol's health checks: open without a token, like grpc.health.v1 (unless guarded).
+HEALTH_METHODS = frozenset({"ServerLive", "ServerReady"})
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -42,6 +48,8 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 _ID_PREFIX = uuid.uuid4().hex[:8]  # unique per process; a counter makes ids unique within it
@@ -76,10 +84,17 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class CallBoundary:
-    def __init__(self, max_in_flight: int, log_requests: bool = True, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        log_requests: bool = True,
+        metrics: Metrics | None = None,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.log_requests = log_requests
         self.metrics = metrics
+        self.auth = auth
         self.in_flight = 0
         if metrics:
             metrics.track_in_flight(lambda: self.in_flight)
@@ -88,6 +103,11 @@ class CallBoundary:
         info = RequestInfo(given_id[:64] if given_id else f"{_ID_PREFIX}-{next(_ids):x}", protocol, method)
         _current.set(info)
         return info
+
+    def authorize(self, method: str, authorization: str | None) -> None:
+        """Raises Unauthenticated or PermissionDenied unless the call's bearer token allows `method`."""
+        if self.auth is not None and (method not in HEALTH_METHODS or self.auth.guard_health):
+            self.auth.check(authorization, method)
 
     def admit(self) -> None:
         if self.in_flight >= self.max_in_flight:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from vaeserve.server.boundary.calls import REQUEST_ID_KEY, CallBoundary, RequestInfo, status_of
+from vaeserve.server.boundary.calls import AUTHORIZATION_KEY, REQUEST_ID_KEY, CallBoundary, RequestInfo, status_of
 
 __all__ = ["Boundary", "Context"]
 
@@ -52,8 +52,11 @@ class Boundary(_Interceptor):  # type: ignore[misc]
     def _wrap(self, handler: Any, path: str) -> Any:
         # grpc-stubs types handlers' behaviours as synchronous; on a grpc.aio server they are async.
         service, _, method = path.lstrip("/").rpartition("/")
-        if handler is None or service in PASS_THROUGH:
+        if handler is None:
             return handler
+        if service in PASS_THROUGH:
+            auth = self.calls.auth
+            return _guarded(handler, method, self.calls) if auth is not None and auth.guard_health else handler
         protocol = PROTOCOLS.get(service, service)
         if handler.unary_unary and inspect.iscoroutinefunction(handler.unary_unary):
             return grpc.unary_unary_rpc_method_handler(
@@ -69,11 +72,13 @@ class Boundary(_Interceptor):  # type: ignore[misc]
             )
         return handler
 
-    def _begin(self, protocol: str, method: str, context: Context) -> RequestInfo:
-        given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
+    def _begin(self, protocol: str, method: str, context: Context) -> tuple[RequestInfo, str | None]:
+        metadata = dict(context.invocation_metadata() or ())
+        given = metadata.get(REQUEST_ID_KEY)
         info = self.calls.begin(protocol, method, str(given) if given else None)
         context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
-        return info
+        authorization = metadata.get(AUTHORIZATION_KEY)
+        return info, str(authorization) if authorization is not None else None
 
     async def _abort(self, info: RequestInfo, exc: Exception, context: Context) -> None:
         """Answers the call with the error's status code and message; context.abort raises AbortError."""
@@ -86,8 +91,9 @@ class Boundary(_Interceptor):  # type: ignore[misc]
         calls = self.calls
 
         async def handle(request: Message, context: Context) -> Message:
-            info, code, out_bytes = self._begin(protocol, method, context), "OK", 0
+            (info, authorization), code, out_bytes = self._begin(protocol, method, context), "OK", 0
             try:
+                calls.authorize(method, authorization)
                 calls.admit()
                 try:
                     reply = await behavior(request, context)
@@ -121,7 +127,7 @@ class Boundary(_Interceptor):  # type: ignore[misc]
         calls = self.calls
 
         async def handle(requests: AsyncIterator[Message], context: Context) -> AsyncIterator[Message]:
-            info, code, sizes = self._begin(protocol, method, context), "OK", [0, 0]
+            (info, authorization), code, sizes = self._begin(protocol, method, context), "OK", [0, 0]
 
             async def counted() -> AsyncIterator[Message]:
                 async for request in requests:
@@ -129,6 +135,7 @@ class Boundary(_Interceptor):  # type: ignore[misc]
                     yield request
 
             try:
+                calls.authorize(method, authorization)
                 calls.admit()
                 try:
                     async for reply in behavior(counted(), context):
@@ -149,3 +156,41 @@ class Boundary(_Interceptor):  # type: ignore[misc]
                 calls.done(info, code, sizes[0], sizes[1])
 
         return handle
+
+
+def _guarded(handler: Any, method: str, calls: CallBoundary) -> Any:
+    """Health or reflection behind the token check alone (no admission, log or metrics: probes stay cheap)."""
+
+    async def check(context: Context) -> None:
+        try:
+            calls.authorize(method, dict(context.invocation_metadata() or ()).get(AUTHORIZATION_KEY))
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+
+    if handler.unary_unary:
+        behavior = handler.unary_unary
+
+        async def unary(request: Message, context: Context) -> Message:
+            await check(context)
+            return await behavior(request, context)  # type: ignore[no-any-return]
+
+        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        stream_behavior = handler.unary_stream
+
+        async def watch(request: Message, context: Context) -> AsyncIterator[Message]:
+            await check(context)
+            async for reply in stream_behavior(request, context):
+                yield reply
+
+        return grpc.unary_stream_rpc_method_handler(watch, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_stream:
+        streams = handler.stream_stream
+
+        async def both(requests: AsyncIterator[Message], context: Context) -> AsyncIterator[Message]:
+            await check(context)
+            async for reply in streams(requests, context):
+                yield reply
+
+        return grpc.stream_stream_rpc_method_handler(both, handler.request_deserializer, handler.response_serializer)
+    return handler

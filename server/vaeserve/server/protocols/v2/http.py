@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vaeserve.server.boundary.calls import REQUEST_ID_KEY, CallBoundary
+from vaeserve.server.boundary.calls import AUTHORIZATION_KEY, REQUEST_ID_KEY, CallBoundary
 from vaeserve.server.errors import InvalidArgument, LimitExceeded
 from vaeserve.server.protocols.v2.dataplane import DataPlane, Param, TensorSpec
 from vaeserve.server.protocols.v2.tensors import DATATYPES, datatype_of, from_json, from_raw, to_json, to_raw
@@ -40,6 +40,8 @@ _HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
 }
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -107,6 +109,7 @@ def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> St
             info = calls.begin("v2-http", method, request.headers.get(REQUEST_ID_KEY))
             code, response = "OK", None
             try:
+                calls.authorize(method, request.headers.get(AUTHORIZATION_KEY))
                 calls.admit()
                 try:
                     response = await handler(request)
