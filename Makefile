@@ -11,7 +11,7 @@ DISTS := proto server client training
 DEV_STAMP := $(VENV)/.installed
 SERVER_STAMP := $(SERVER_VENV)/.installed
 
-.PHONY: test serve venv proto lint models bench bench-anomaly test-compose base-image wheels clean
+.PHONY: test serve venv proto lint models bench bench-anomaly soak test-compose base-image wheels clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -54,6 +54,10 @@ models: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(VENV)/bin/python -m bench $(ARGS)
+
+# Mixed load, overload, drain, kill -9 and abuse against real servers, each figure against its goal (minutes).
+soak: $(DEV_STAMP)
+	$(VENV)/bin/python -m bench.soak $(ARGS)
 
 # The served anomaly scores against classical detectors (one-class digits and mnist5k, breast cancer).
 bench-anomaly: $(DEV_STAMP)

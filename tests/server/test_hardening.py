@@ -197,3 +197,33 @@ def test_silent_and_idle_connections_are_closed(serve: Callable[..., RunningServ
 
         channel.subscribe(seen)
         assert idle.wait(5.0), f"the channel stayed {states}"
+
+
+def test_a_light_request_completes_while_heavy_ones_are_queued(
+    serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian
+) -> None:
+    """One engine thread, three heavy Scores in flight (two of them queued), then a light one: the light
+    one overtakes the queued heavy ones and finishes first; the heavy ones all finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = serve(worse_bundle, executor_threads=1, inline_rows=0, batching=False, max_k=20_000)
+    heavy = pb.ScoreRequest(x=codec.to_proto(lg.sample(400)), k=8_000, skip_anomaly=True)
+    light = pb.ScoreRequest(x=codec.to_proto(lg.sample(1)), k=10, skip_anomaly=True)
+    done: dict[str, float] = {}
+    with grpc.insecure_channel(server.address) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        started = time.monotonic()
+
+        def call(name: str, request: pb.ScoreRequest) -> None:
+            stub.Score(request, timeout=120)
+            done[name] = time.monotonic() - started
+
+        with ThreadPoolExecutor(4) as pool:
+            heavies = [pool.submit(call, f"heavy{i}", heavy) for i in range(3)]
+            time.sleep(0.3)  # the heavy ones are running and queued
+            pool.submit(call, "light", light).result(60)
+            for future in heavies:
+                future.result(120)
+    finished = sorted(done, key=done.__getitem__)
+    assert finished.index("light") <= 1, done  # at most the heavy run in progress finished before it
+    assert done["light"] < sorted(done[f"heavy{i}"] for i in range(3))[1], done

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -33,6 +32,7 @@ from vaeserve.server.protocols.v2.http import HttpServer, create_app
 from vaeserve.server.repository.loader import ModelLoader
 from vaeserve.server.repository.registry import ModelRegistry, ModelState
 from vaeserve.server.repository.source import BundleSource, RepositorySource, Source
+from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
 
 __all__ = ["App", "create_server", "serve", "source_of"]
@@ -58,7 +58,7 @@ class App:
     registry: ModelRegistry
     health: HealthService
     metrics: Metrics
-    executor: ThreadPoolExecutor
+    work: WorkQueue
     http: HttpServer | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     _health_names: set[str] = field(default_factory=set)
@@ -120,7 +120,7 @@ class App:
         stopping = [self.server.stop(grace)] + ([self.http.stop()] if self.http else [])
         await asyncio.gather(*stopping)
         await self.registry.close()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.work.shutdown()
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -184,8 +184,9 @@ async def create_server(settings: Settings) -> App:
     server = grpc.aio.server(interceptors=[Boundary(calls)], options=server_options(settings))
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)
-    executor = ThreadPoolExecutor(settings.executor_threads, thread_name_prefix="vaeserve-run")
-    loader = ModelLoader(settings, executor, NoiseCache(settings.noise_cache_mb << 20), metrics)
+    max_queue_s = None if settings.max_queue_ms is None else settings.max_queue_ms / 1000.0
+    work = WorkQueue(settings.executor_threads, max_queue_s=max_queue_s, metrics=metrics)
+    loader = ModelLoader(settings, work, NoiseCache(settings.noise_cache_mb << 20), metrics)
     registry = ModelRegistry(
         source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s
     )
@@ -209,7 +210,7 @@ async def create_server(settings: Settings) -> App:
     if settings.http_port is not None:
         http = HttpServer(create_app(plane, calls, limit), settings.host, settings.http_port, settings.grace_s)
         http.start()
-    app = App(server, port, registry, health_servicer, metrics, executor, http, lifecycle)
+    app = App(server, port, registry, health_servicer, metrics, work, http, lifecycle)
     registry.on_change = app.changed
     return app
 

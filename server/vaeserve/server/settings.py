@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     executor_threads: int = Field(
         1, ge=1, description="runs on the thread pool at once (each uses intra_op_threads; more oversubscribe the CPU)"
     )
+    max_queue_ms: float | None = Field(
+        None,
+        gt=0.0,
+        description="refuse (RESOURCE_EXHAUSTED) a request whose engine run waited this long for a thread "
+        "(unset: no limit)",
+    )
     inline_rows: int = Field(
         64,
         ge=0,

@@ -52,6 +52,16 @@ class Metrics:
             "vaeserve_model_info", "a ready model version (value 1)", ["name", "version", "provider"], registry=r
         )
         self.ready = Gauge("vaeserve_ready", "1 while the server is SERVING", registry=r)
+        self.queue_depth = Gauge(
+            "vaeserve_queue_depth", "engine runs waiting for a thread (the work queue), by model", model, registry=r
+        )
+        self.queue_wait = Histogram(
+            "vaeserve_queue_seconds",
+            "time engine runs waited for a thread, by model",
+            model,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -73,6 +83,12 @@ class Metrics:
 
     def observe_batch(self, model: str, version: str, kind: str, inputs: int) -> None:
         self._child(self.batch_inputs, kind, model, version).observe(inputs)
+
+    def set_queue_depth(self, model: str, version: str, depth: int) -> None:
+        self._child(self.queue_depth, model, version).set(depth)
+
+    def observe_queue_wait(self, model: str, version: str, seconds: float) -> None:
+        self._child(self.queue_wait, model, version).observe(seconds)
 
     def model_ready(self, name: str, version: str, provider: str, ready: bool) -> None:
         if ready:

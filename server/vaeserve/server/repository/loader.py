@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.engine import Engine, NoiseCache, RuntimeConfig, load_bundle
 from vaeserve.server.repository.model_settings import ModelSettings
 from vaeserve.server.serving.model import ServedModel
+from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
 
 __all__ = ["ModelLoader"]
@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """What every model of a process shares: settings, the executor, the noise cache and the metrics."""
+    """What every model of a process shares: settings, the work queue, the noise cache and the metrics."""
 
     settings: Settings
-    executor: Executor
+    work: WorkQueue
     noise_cache: NoiseCache
     metrics: Metrics | None = None
 
@@ -61,7 +61,7 @@ class ModelLoader:
             engine.provider,
         )
         served = ServedModel(
-            engine, settings, self.executor, name=name, version=version, metrics=self.metrics, background=background
+            engine, settings, self.work, name=name, version=version, metrics=self.metrics, background=background
         )
         for warning in served.warnings:
             log.warning("model %s:%s: %s", name, version, warning)

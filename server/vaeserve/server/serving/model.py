@@ -13,7 +13,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from vaeserve.server.serving.calls import (
     ScoreCall,
     Scored,
 )
+from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
 
 __all__ = ["Defaults", "Lease", "Limits", "ServedModel"]
@@ -96,7 +96,7 @@ class ServedModel:
         self,
         engine: Engine,
         settings: Settings,
-        executor: Executor,
+        work: WorkQueue,
         *,
         name: str | None = None,
         version: str | None = None,
@@ -127,7 +127,7 @@ class ServedModel:
             or tuple(served[:1]),
         )
         self.warnings = self.scorer.warnings(self.defaults.alpha)
-        self._executor = executor
+        self._work = work
         self._batching = settings.batching
         self._batch_max_k = settings.batch_max_k
         self._inline_rows = settings.inline_rows
@@ -329,9 +329,8 @@ class ServedModel:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the deadline passed before the work was done")
 
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, lambda: fn(check=check))
+            return await self._work.run(lambda: fn(check=check), rows=rows or 0, labels=(self.name, self.version))
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -445,7 +444,7 @@ class ServedModel:
         return await self.call(run, deadline=deadline, rows=rows)
 
     async def close(self) -> None:
-        """Stops the batchers; the sessions go with the last reference (the executor is the process's)."""
+        """Stops the batchers; the sessions go with the last reference (the work queue is the process's)."""
         for batcher in self._batchers.values():
             await batcher.close()
 
