@@ -227,3 +227,25 @@ def test_a_light_request_completes_while_heavy_ones_are_queued(
     finished = sorted(done, key=done.__getitem__)
     assert finished.index("light") <= 1, done  # at most the heavy run in progress finished before it
     assert done["light"] < sorted(done[f"heavy{i}"] for i in range(3))[1], done
+
+
+def test_request_bytes_in_progress_are_bounded(
+    serve: Callable[..., RunningServer], worse_bundle: Path, lg: LinearGaussian
+) -> None:
+    """Beyond max_request_mb_in_flight a request is refused at once; one alone always goes through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = serve(
+        worse_bundle, max_request_mb_in_flight=1, max_batch=20_000, executor_threads=1, inline_rows=0, batching=False
+    )
+    big = pb.ScoreRequest(x=codec.to_proto(lg.sample(16_000)), k=64, skip_anomaly=True)  # 1.3 MB of float64
+    assert big.ByteSize() > 1 << 20
+    with grpc.insecure_channel(server.address) as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        assert len(codec.from_proto(stub.Score(big, timeout=60).log_px)) == 16_000  # alone: served
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(stub.Score, big, timeout=60)
+            time.sleep(0.2)  # the first is being worked on
+            code, message, _ = _code(lambda: stub.Score(big, timeout=60))
+            assert first.result(60).k == 64
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "MB of requests in progress" in message

@@ -180,7 +180,8 @@ async def create_server(settings: Settings) -> App:
     NOT_SERVING until `App.load()` has loaded a model."""
     limit = settings.max_message_mb << 20
     metrics = Metrics()
-    calls = CallBoundary(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings))
+    held = None if settings.max_request_mb_in_flight is None else settings.max_request_mb_in_flight << 20
+    calls = CallBoundary(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings), held)
     server = grpc.aio.server(interceptors=[Boundary(calls)], options=server_options(settings))
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     max_samples: int = Field(100_000, ge=1, description="most latent draws in one Sample or Encode request")
     max_in_flight: int = Field(128, ge=1, description="requests in progress at once; beyond it RESOURCE_EXHAUSTED")
     max_message_mb: int = Field(64, ge=1, description="largest request or reply message")
+    max_request_mb_in_flight: int | None = Field(
+        256,
+        ge=1,
+        description="most request megabytes being worked on at once; beyond it RESOURCE_EXHAUSTED (bounds memory "
+        "whatever clients send; unset: no bound)",
+    )
     default_k: int | None = Field(
         None, ge=1, description="K when a Score request gives none (default: the calibration's K, else 1000)"
     )

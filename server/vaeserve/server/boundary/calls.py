@@ -90,11 +90,14 @@ class CallBoundary:
         log_requests: bool = True,
         metrics: Metrics | None = None,
         auth: Authenticator | None = None,
+        max_bytes_in_flight: int | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.log_requests = log_requests
         self.metrics = metrics
         self.auth = auth
+        self.max_bytes_in_flight = max_bytes_in_flight
+        self.bytes_in_flight = 0
         self.in_flight = 0
         if metrics:
             metrics.track_in_flight(lambda: self.in_flight)
@@ -119,6 +122,20 @@ class CallBoundary:
 
     def release(self) -> None:
         self.in_flight -= 1
+
+    def hold(self, nbytes: int) -> None:
+        """Counts a request's bytes while it is worked on; refuses one that would take the total past the bound
+        (one request alone is always let through: the message limit bounds it)."""
+        limit = self.max_bytes_in_flight
+        if limit is not None and self.bytes_in_flight and self.bytes_in_flight + nbytes > limit:
+            raise LimitExceeded(
+                f"server busy: {self.bytes_in_flight / 2**20:.0f} MB of requests in progress and this one is "
+                f"{nbytes / 2**20:.1f} MB (max_request_mb_in_flight {limit / 2**20:g}); retry with backoff"
+            )
+        self.bytes_in_flight += nbytes
+
+    def unhold(self, nbytes: int) -> None:
+        self.bytes_in_flight -= nbytes
 
     def failed(self, info: RequestInfo, exc: BaseException) -> tuple[grpc.StatusCode, str]:
         """The status of a failed call; a bug is logged here with its traceback."""

@@ -92,11 +92,16 @@ class Boundary(_Interceptor):  # type: ignore[misc]
 
         async def handle(request: Message, context: Context) -> Message:
             (info, authorization), code, out_bytes = self._begin(protocol, method, context), "OK", 0
+            in_bytes = request.ByteSize()  # known to protobuf without a pass over the tensors' bytes
             try:
                 calls.authorize(method, authorization)
                 calls.admit()
                 try:
-                    reply = await behavior(request, context)
+                    calls.hold(in_bytes)
+                    try:
+                        reply = await behavior(request, context)
+                    finally:
+                        calls.unhold(in_bytes)
                 finally:
                     calls.release()
                 if calls.log_requests:
@@ -113,7 +118,6 @@ class Boundary(_Interceptor):  # type: ignore[misc]
                 code = "CANCELLED"
                 raise
             finally:
-                in_bytes = request.ByteSize() if calls.log_requests else 0  # sizes cost a pass: only for the log
                 calls.done(info, code, in_bytes, out_bytes)
 
         return handle

@@ -108,11 +108,16 @@ def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> St
         async def handle(request: Request) -> Response:
             info = calls.begin("v2-http", method, request.headers.get(REQUEST_ID_KEY))
             code, response = "OK", None
+            size = int(request.headers.get("content-length") or 0)
             try:
                 calls.authorize(method, request.headers.get(AUTHORIZATION_KEY))
                 calls.admit()
                 try:
-                    response = await handler(request)
+                    calls.hold(size)
+                    try:
+                        response = await handler(request)
+                    finally:
+                        calls.unhold(size)
                 finally:
                     calls.release()
             except Exception as exc:
@@ -120,7 +125,7 @@ def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> St
                 code = status.name
                 response = JSONResponse({"error": message}, status_code=_HTTP_STATUS.get(status, 500))
             finally:
-                calls.done(info, code, int(request.headers.get("content-length") or 0))
+                calls.done(info, code, size)
             response.headers[REQUEST_ID_KEY] = info.request_id
             return response
 
