@@ -29,6 +29,8 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         self.closing = False
 
     async def set(self, service: str, status: Status) -> None:
+        if self.closing:  # a late update (a model that finished loading) must not undo the shutdown
+            return
         if self._status.get(service) != status:
             self._status[service] = status
             async with self._changed:
@@ -58,6 +60,8 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 yield health_pb2.HealthCheckResponse(status=status)
                 sent = status
             if self.closing:
+                if sent != _NOT_SERVING:
+                    yield health_pb2.HealthCheckResponse(status=_NOT_SERVING)
                 return
             async with self._changed:
                 await self._changed.wait()

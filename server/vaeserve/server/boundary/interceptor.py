@@ -80,9 +80,13 @@ class Boundary(_Interceptor):  # type: ignore[misc]
         authorization = metadata.get(AUTHORIZATION_KEY)
         return info, str(authorization) if authorization is not None else None
 
-    async def _abort(self, info: RequestInfo, exc: Exception, context: Context) -> None:
-        """Answers the call with the error's status code and message; context.abort raises AbortError."""
+    async def _abort(self, info: RequestInfo, exc: Exception, context: Context, in_bytes: int = 0) -> None:
+        """Answers the call with the error's status code and message; context.abort raises AbortError.
+
+        The log line and metrics are recorded first: abort sends the status before it raises, so a caller
+        could otherwise see its error before the server has counted it."""
         code, message = self.calls.failed(info, exc)
+        self.calls.done(info, code.name, in_bytes, 0)
         await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, info.request_id),))
 
     def _unary(
@@ -111,14 +115,15 @@ class Boundary(_Interceptor):  # type: ignore[misc]
                 code = "ABORTED"
                 raise
             except Exception as exc:
-                code = status_of(exc)[0].name
-                await self._abort(info, exc, context)
+                code = "recorded"
+                await self._abort(info, exc, context, in_bytes)
                 raise  # not reached: abort raised
             except BaseException:
                 code = "CANCELLED"
                 raise
             finally:
-                calls.done(info, code, in_bytes, out_bytes)
+                if code != "recorded":
+                    calls.done(info, code, in_bytes, out_bytes)
 
         return handle
 
@@ -151,13 +156,14 @@ class Boundary(_Interceptor):  # type: ignore[misc]
                 code = "ABORTED"
                 raise
             except Exception as exc:
-                code = status_of(exc)[0].name
-                await self._abort(info, exc, context)
+                code = "recorded"
+                await self._abort(info, exc, context, sizes[0])
             except BaseException:
                 code = "CANCELLED"
                 raise
             finally:
-                calls.done(info, code, sizes[0], sizes[1])
+                if code != "recorded":
+                    calls.done(info, code, sizes[0], sizes[1])
 
         return handle
 
