@@ -75,6 +75,13 @@ class _AnomalyPlan:
     def computed(self) -> tuple[str, ...]:
         return self.names + (("nll",) if self.typicality and "nll" not in self.names else ())
 
+    def extra_k(self, k: int) -> int:
+        """Samples per input the anomaly scores add to the request's own pass (the work queue's cost)."""
+        if not self.computed:
+            return 0
+        own = 0 if self.reuse else k  # the nll pass at the calibration's K, unless the request's pass gives it
+        return own + (k if "likelihood_ratio" in self.names else 0)  # the background model's pass
+
 
 _BatchKey = str | tuple[str, ScoreOptions, _AnomalyPlan]
 
@@ -350,19 +357,21 @@ class ServedModel:
         return (await self._decode_many([z]))[0]
 
     async def _score(self, item: _ScoreItem) -> Scored:
-        calibration = self.manifest.calibration
-        extra_k = calibration.k if calibration and item.plan.computed and not item.plan.reuse else 0
-        cost_k = max(item.options.max_k or item.options.k, item.options.k) + extra_k
+        cost_k = max(item.options.max_k or item.options.k, item.options.k) + self._extra_k(item.plan)
         self._count("Score", len(item.x), item.options.k)
         if self._batching and cost_k <= self._batch_max_k and item.options.target_se is None:
             # One batcher per kind of work; each request's flags are set at its own alpha afterwards.
             key = ("score", item.options, item.plan)
             return await self._batcher(key, self._score_many).submit(item, len(item.x))
         return await self.call(
-            lambda check: self._scored(item, self._run_score([item], check), check),
+            lambda check: self._scored(item, self._run_score([item], check)),
             deadline=item.deadline,
             rows=len(item.x) * cost_k,
         )
+
+    def _extra_k(self, plan: _AnomalyPlan) -> int:
+        calibration = self.manifest.calibration
+        return plan.extra_k(calibration.k) if calibration else 0
 
     def _run_score(
         self, items: list[_ScoreItem], check: Callable[[], None]
@@ -378,9 +387,7 @@ class ServedModel:
             raw = self.scorer.raw(x, first.plan.computed, check=check, reused=reused)
         return result, raw
 
-    def _scored(
-        self, item: _ScoreItem, work: tuple[ScoreResult, dict[str, np.ndarray]], check: Callable[[], None]
-    ) -> Scored:
+    def _scored(self, item: _ScoreItem, work: tuple[ScoreResult, dict[str, np.ndarray]]) -> Scored:
         """One request's reply from its rows of the work: flags at its alpha, its typicality test."""
         result, raw = work
         plan = item.plan
@@ -427,20 +434,18 @@ class ServedModel:
 
     async def _score_many(self, items: list[_ScoreItem]) -> list[Scored]:
         first = items[0]
-        calibration = self.manifest.calibration
-        extra_k = calibration.k if calibration and first.plan.computed and not first.plan.reuse else 0
 
         def run(check: Callable[[], None]) -> list[Scored]:
             result, raw = self._run_score(items, check)
             return [
-                self._scored(item, (result.rows(s), {n: v[s] for n, v in raw.items()}), check)
+                self._scored(item, (result.rows(s), {n: v[s] for n, v in raw.items()}))
                 for item, s in zip(items, _spans([item.x for item in items]))
             ]
 
         # The merged run may stop at the last of its callers' deadlines (never, if one has none).
         deadlines = [item.deadline for item in items]
         deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
-        rows = sum(len(item.x) for item in items) * (first.options.k + extra_k)
+        rows = sum(len(item.x) for item in items) * (first.options.k + self._extra_k(first.plan))
         return await self.call(run, deadline=deadline, rows=rows)
 
     async def close(self) -> None:
