@@ -149,15 +149,28 @@ def section_iwae(x: np.ndarray, k: int, repeats: int, rows: list[dict[str, Any]]
     ]
 
 
-async def _encode_load(target: str, method: str, payload: bytes, concurrency: int, seconds: float) -> LoadResult:
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(method, None, None)  # raw bytes both ways: the same client cost for both servers
+async def _encode_load(
+    target: str, method: str, payload: bytes, concurrency: int, seconds: float, connections: int = 1
+) -> tuple[LoadResult, int]:
+    """The measured part of a closed loop, and every call made (warm-up included, for CPU per call)."""
+    # Each channel its own connection (a local subchannel pool), so a server's workers all get some.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+    try:
+        # raw bytes both ways: the same client cost for every server
+        calls = itertools.cycle([channel.unary_unary(method, None, None) for channel in channels])
+        made = 0
 
         async def once() -> object:
-            return await call(payload)
+            nonlocal made
+            made += 1
+            return await next(calls)(payload)
 
         await closed_loop(once, concurrency, 0.1, warmup_s=0.1)  # connect and warm up
-        return await closed_loop(once, concurrency, seconds, warmup_s=0.2)
+        return await closed_loop(once, concurrency, seconds, warmup_s=0.2), made
+    finally:
+        for channel in channels:
+            await channel.close(None)
 
 
 def section_encode(x: np.ndarray, seconds: float, rounds: int, rows: list[dict[str, Any]]) -> None:
@@ -175,7 +188,7 @@ def section_encode(x: np.ndarray, seconds: float, rounds: int, rows: list[dict[s
         for c in (1, 16, 64):
             for _ in range(rounds):
                 for name, (address, method) in targets.items():
-                    result = asyncio.run(_encode_load(address, method, request, c, seconds / rounds))
+                    result, _ = asyncio.run(_encode_load(address, method, request, c, seconds / rounds))
                     turns.setdefault((name, c), []).append(result)
     finally:
         server.stop()
@@ -215,6 +228,55 @@ def section_encode(x: np.ndarray, seconds: float, rounds: int, rows: list[dict[s
                 "value": bare.rps,
                 "unit": "requests/s",
                 "ratio": f"p50 {bare.p50_ms:.2f} ms, p99 {bare.p99_ms:.2f} ms",
+            }
+        )
+
+
+def section_workers(x: np.ndarray, seconds: float, rounds: int, rows: list[dict[str, Any]]) -> None:
+    """Encode at 64 concurrent over 8 connections: one server process, --workers auto, and the echo, in turns;
+    server CPU per call from /proc (a supervisor's workers included). The load generator (this process)
+    shares the machine's cores with the servers."""
+    concurrency, connections = 64, 8
+    request = pb.EncodeRequest(x=codec.to_proto(x[:1].astype(np.float32))).SerializeToString()
+    servers: dict[str, VaeServer | EchoServer] = {}
+    methods: dict[str, str] = {}
+    try:
+        servers["vaeserve, 1 process"] = VaeServer(BUNDLE, *SERVER_FLAGS)
+        servers["vaeserve --workers auto"] = VaeServer(BUNDLE, "--workers", "auto", *SERVER_FLAGS)
+        with grpc.insecure_channel(servers["vaeserve, 1 process"].address) as channel:
+            reply_bytes = len(channel.unary_unary("/vaeserve.api.v1.VaeService/Encode", None, None)(request))
+        servers["bare gRPC echo, 1 process"] = EchoServer(reply_bytes)
+        for name in servers:
+            methods[name] = "/bench.Echo/Call" if "echo" in name else "/vaeserve.api.v1.VaeService/Encode"
+        turns: dict[str, list[LoadResult]] = {}
+        cpu: dict[str, float] = {}
+        made: dict[str, int] = {}
+        for _ in range(rounds):
+            for name, server in servers.items():
+                before = server.cpu_seconds()
+                load, calls = asyncio.run(
+                    _encode_load(server.address, methods[name], request, concurrency, seconds / rounds, connections)
+                )
+                cpu[name] = cpu.get(name, 0.0) + server.cpu_seconds() - before
+                made[name] = made.get(name, 0) + calls
+                turns.setdefault(name, []).append(load)
+    finally:
+        for server in servers.values():
+            server.stop()
+    echo = merge(turns["bare gRPC echo, 1 process"])
+    cores = len(os.sched_getaffinity(0))
+    for name, results in turns.items():
+        load = merge(results)
+        per_call_us = 1e6 * cpu[name] / made[name]
+        rows.append(
+            {
+                "section": "e",
+                "what": f"Encode, 1 input, {concurrency} concurrent over {connections} connections: {name}",
+                "value": load.rps,
+                "unit": "requests/s",
+                "ratio": (f"{load.rps / echo.rps:.2f} x echo; " if "echo" not in name else "")
+                + f"p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms; server CPU {per_call_us:.0f} us per call "
+                f"({cores} cores, shared with the load generator)",
             }
         )
 
@@ -289,7 +351,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=6, help="turns the two Encode servers take per row")
     parser.add_argument("--bulk", type=int, default=100_000, help="inputs for the bulk ELBO rows")
-    parser.add_argument("--only", default="abcd", help="sections to run, e.g. 'ab'")
+    parser.add_argument("--only", default="abcde", help="sections to run, e.g. 'ab'")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     images, _ = mnist_data()
@@ -304,6 +366,8 @@ def main() -> None:
         section_bulk(x, args.bulk, 2000, rows)
     if "d" in args.only:
         section_memory(x, 200_000, rows)
+    if "e" in args.only:
+        section_workers(x, args.seconds, args.rounds, rows)
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; python {info['python']}, "
         f"onnxruntime {info['onnxruntime']}, torch {info['torch']}; {info['date']}"

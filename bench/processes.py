@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -27,6 +28,21 @@ class Process:
             if line.startswith(field):
                 return int(line.split()[1]) / 1024.0
         raise RuntimeError(f"no {field} for pid {self.proc.pid}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far of the process and everything it started (workers)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total, pending = 0.0, [self.proc.pid]
+        while pending:
+            pid = pending.pop()
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending += [int(child) for child in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # exited meanwhile
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()

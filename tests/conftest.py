@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from tests.bundles import Encoder, LinearGaussian, write_bundle
-from tests.serving import RunningServer, server_settings
+from tests.serving import RunningServer, ServerProcess, server_settings
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
@@ -79,3 +79,17 @@ def channel_to() -> Iterator[Callable[[RunningServer], grpc.Channel]]:
     yield open_channel
     for channel in channels:
         channel.close()
+
+
+@pytest.fixture
+def spawn() -> Iterator[type[ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    class Tracked(ServerProcess):
+        def __init__(self, *args: str) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.stop()

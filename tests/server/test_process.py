@@ -6,9 +6,7 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,66 +14,10 @@ import numpy as np
 import pytest
 
 from tests.bundles import LinearGaussian
+from tests.serving import ServerProcess
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
-from vaeserve.client import Client, UnavailableError
-
-SCRIPT = Path(sys.executable).parent / "vaeserve-server"
-
-
-class ServerProcess:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [str(SCRIPT), "--host", "127.0.0.1", "--port", "0", "--device", "cpu", *args],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._port: int | None = None
-        self._seen = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            match = re.search(r"listening on [\d.]+:(\d+)", line)
-            if match:
-                self._port = int(match.group(1))
-                self._seen.set()
-        self._seen.set()
-
-    @property
-    def address(self) -> str:
-        assert self._seen.wait(30) and self._port, "".join(self.lines)
-        return f"127.0.0.1:{self._port}"
-
-    def wait_serving(self, timeout: float = 60.0) -> None:
-        with Client(self.address, retries=0) as client:
-            try:
-                client.wait_until_serving(timeout)
-            except UnavailableError as exc:
-                raise AssertionError("".join(self.lines)) from exc
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def spawn() -> Iterator[type[ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    class Tracked(ServerProcess):
-        def __init__(self, *args: str) -> None:
-            super().__init__(*args)
-            started.append(self)
-
-    yield Tracked
-    for process in started:
-        process.stop()
 
 
 def test_serves_the_bundled_model_by_default(spawn: type[ServerProcess]) -> None:

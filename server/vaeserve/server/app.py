@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -34,6 +36,7 @@ from vaeserve.server.repository.registry import ModelRegistry, ModelState
 from vaeserve.server.repository.source import BundleSource, RepositorySource, Source
 from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
+from vaeserve.server.workers import Worker
 
 __all__ = ["App", "create_server", "serve", "source_of"]
 
@@ -63,6 +66,13 @@ class App:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     _health_names: set[str] = field(default_factory=set)
     _poller: asyncio.Task[None] | None = None
+    _listen: Callable[[], Awaitable[tuple[int, HttpServer | None]]] | None = None
+
+    async def listen(self) -> None:
+        """Binds the ports and starts taking calls (create_server does it at once, except for a worker)."""
+        if self._listen is not None:
+            self.port, self.http = await self._listen()
+            self._listen = None
 
     async def load(self) -> None:
         """Loads every model the source holds; refuses to serve when none of them loads."""
@@ -134,8 +144,9 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """gRPC channel arguments: message limits and connection hygiene (nothing held open forever)."""
+def server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """gRPC channel arguments: message limits and connection hygiene (nothing held open forever); the port
+    is shared only by workers (else a second server on a busy port would silently split its traffic)."""
 
     def ms(seconds: float) -> int:
         return int(seconds * 1000)
@@ -143,7 +154,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", settings.max_message_mb << 20),
         ("grpc.max_send_message_length", settings.max_message_mb << 20),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.server_handshake_timeout_ms", ms(settings.handshake_timeout_s)),
         ("grpc.keepalive_time_ms", ms(settings.keepalive_s)),
         ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout_s)),
@@ -175,14 +186,17 @@ def source_of(settings: Settings) -> Source:
     return BundleSource(settings.bundle)
 
 
-async def create_server(settings: Settings) -> App:
+async def create_server(settings: Settings, worker: Worker | None = None) -> App:
     """A started server on settings.host:settings.port (0: any free port) with an empty registry:
-    NOT_SERVING until `App.load()` has loaded a model."""
+    NOT_SERVING until `App.load()` has loaded a model. A worker shares its ports with its siblings and
+    binds them only on `App.listen()`, once its models are ready: the kernel never hands a connection
+    to a worker that would answer UNAVAILABLE, at start or after a restart."""
     limit = settings.max_message_mb << 20
-    metrics = Metrics()
+    metrics = Metrics(multiprocess=worker is not None)
     held = None if settings.max_request_mb_in_flight is None else settings.max_request_mb_in_flight << 20
     calls = CallBoundary(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings), held)
-    server = grpc.aio.server(interceptors=[Boundary(calls)], options=server_options(settings))
+    options = server_options(settings, reuse_port=worker is not None)
+    server = grpc.aio.server(interceptors=[Boundary(calls)], options=options)
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)
     max_queue_s = None if settings.max_queue_ms is None else settings.max_queue_ms / 1000.0
@@ -201,44 +215,64 @@ async def create_server(settings: Settings) -> App:
     reflection.enable_server_reflection((SERVICE_NAME, V2_SERVICE_NAME, health_name, reflection.SERVICE_NAME), server)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, _NOT_SERVING)
-    address = f"{settings.host}:{settings.port}"
-    credentials = _credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not listen on {address}")
-    await server.start()
-    http = None
-    if settings.http_port is not None:
-        http = HttpServer(create_app(plane, calls, limit), settings.host, settings.http_port, settings.grace_s)
-        http.start()
-    app = App(server, port, registry, health_servicer, metrics, work, http, lifecycle)
+
+    async def listen() -> tuple[int, HttpServer | None]:
+        address = f"{settings.host}:{settings.port}"
+        credentials = _credentials(settings)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"could not listen on {address}")
+        await server.start()
+        http = None
+        if settings.http_port is not None:
+            reuse = worker is not None
+            http = HttpServer(
+                create_app(plane, calls, limit), settings.host, settings.http_port, settings.grace_s, reuse_port=reuse
+            )
+            http.start()
+        return port, http
+
+    app = App(server, settings.port, registry, health_servicer, metrics, work, lifecycle=lifecycle, _listen=listen)
     registry.on_change = app.changed
+    if worker is None:
+        await app.listen()
     return app
 
 
-async def serve(settings: Settings) -> None:
-    """Runs until SIGTERM or SIGINT, then drains: the process exits 0 after requests in flight finish."""
-    app = await create_server(settings)
+async def serve(settings: Settings, worker: Worker | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then drains: the process exits 0 after requests in flight finish.
+    A worker also stops (draining) when its supervisor is gone, and keeps its metrics files current."""
+    app = await create_server(settings, worker)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if worker is not None:
+        await _start(app, settings)
+        await app.listen()
     tls = (
         "TLS" + (" with client certificates" if settings.require_client_cert else "")
         if settings.tls_cert
         else "plaintext"
     )
     http = f"; Open Inference Protocol over HTTP on port {app.http_port}" if app.http_port else ""
-    log.info("listening on %s:%d (%s%s); health NOT_SERVING while models load", settings.host, app.port, tls, http)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await app.start(settings.repository_poll_s)
-    except BaseException:
-        await app.stop(0)
-        raise
+    log.info(
+        "listening on %s:%d (%s%s)%s",
+        settings.host,
+        app.port,
+        tls,
+        http,
+        f" as worker {worker.index} (pid {os.getpid()})" if worker else "; health NOT_SERVING while models load",
+    )
+    if worker is None:
+        await _start(app, settings)
     ready = ", ".join(f"{e.name}:{e.version}" for e in app.registry.entries() if e.state is ModelState.READY)
     polling = f", polled every {settings.repository_poll_s:g} s" if settings.repository_poll_s else ""
     log.info("SERVING %s as replica %s (%s%s)", ready, settings.replica_id, app.registry.source.describe(), polling)
+    background = [loop.create_task(_follow_supervisor(worker, app.metrics, stop))] if worker else []
     await stop.wait()
+    for task in background:
+        task.cancel()
     log.info(
         "shutting down: NOT_SERVING; taking requests for %g s more, then draining those in flight (grace %.0f s)",
         settings.drain_delay_s,
@@ -246,3 +280,23 @@ async def serve(settings: Settings) -> None:
     )
     await app.stop(settings.grace_s, settings.drain_delay_s)
     log.info("stopped")
+
+
+async def _start(app: App, settings: Settings) -> None:
+    try:
+        await app.start(settings.repository_poll_s)
+    except BaseException:
+        await app.stop(0)
+        raise
+
+
+async def _follow_supervisor(worker: Worker, metrics: Metrics, stop: asyncio.Event) -> None:
+    """Every second: the in-flight gauge into the metrics files; a stop (drain) when the supervisor died
+    without telling us (kill -9), so no worker outlives it holding the port."""
+    while not stop.is_set():
+        metrics.refresh()
+        if os.getppid() != worker.supervisor_pid:
+            log.error("worker %d: the supervisor (pid %d) is gone; draining", worker.index, worker.supervisor_pid)
+            stop.set()
+            return
+        await asyncio.sleep(1.0)

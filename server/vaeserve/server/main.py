@@ -1,4 +1,4 @@
-"""`vaeserve-server`: parse settings, set up logging, serve until SIGTERM."""
+"""`vaeserve-server`: parse settings, set up logging, serve until SIGTERM (one process, or a supervisor of workers)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from vaeserve.server.app import serve
 from vaeserve.server.engine.bundle import BundleError
 from vaeserve.server.engine.runtime import ProviderUnavailable
 from vaeserve.server.settings import load_settings
+from vaeserve.server.workers import supervise
 
 log = logging.getLogger("vaeserve.server")
 
@@ -27,6 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.worker_count > 1:
+        try:
+            return supervise(settings)
+        except OSError as exc:  # the port is taken
+            log.error("cannot serve: %s", exc)
+            return 2
     try:
         asyncio.run(serve(settings))
     except (BundleError, ProviderUnavailable, OSError) as exc:

@@ -8,6 +8,7 @@ then the defaults below. This is the only module that reads the environment.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import tomllib
 import types
@@ -24,7 +25,12 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from vaeserve.api.scores import ANOMALY_SCORES
 from vaeserve.server.boundary.auth import read_tokens
 
-__all__ = ["Settings", "default_bundle", "load_settings"]
+__all__ = ["Settings", "default_bundle", "load_settings", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_bundle() -> Path:
@@ -48,6 +54,11 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="address to listen on")
     port: int = Field(50051, ge=0, le=65535, description="port to listen on (0: any free port)")
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="server processes sharing the port (SO_REUSEPORT), each serving every model; auto: one per "
+        "core. With more than one, onnxruntime threads default to cores / workers and metrics add up over workers",
+    )
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="execution provider: cpu, cuda or auto")
     strict_device: bool = Field(False, description="refuse to start when device=cuda cannot be used")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per run (0: one per core)")
@@ -158,6 +169,18 @@ class Settings(BaseSettings):
         if unknown or not names:
             raise ValueError(f"anomaly scores are {', '.join(known)}; got {', '.join(map(str, names)) or 'none'}")
         return tuple(names)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("workers is a count of at least 1, or auto")
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        """How many server processes `workers` asks for (auto: the cores this process may run on)."""
+        return usable_cores() if self.workers == "auto" else int(self.workers)
 
     @field_validator("auth_tokens", "admin_tokens")
     @classmethod

@@ -1,4 +1,9 @@
-"""Prometheus metrics, served over HTTP on their own port (`--metrics-port`; off by default)."""
+"""Prometheus metrics, served over HTTP on their own port (`--metrics-port`; off by default).
+
+With `--workers`, each worker records into prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR,
+set by the supervisor before it starts them) and the supervisor serves their sum; every gauge says how
+it adds up over workers.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ class Metrics:
     e.g. NOT_FOUND), so one dashboard follows a version swap.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, multiprocess: bool = False) -> None:
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry()
         r = self.registry
         model = ["model", "version"]
@@ -38,7 +44,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("vaeserve_requests_in_flight", "requests in progress (every protocol)", registry=r)
+        self.in_flight = Gauge(
+            "vaeserve_requests_in_flight",
+            "requests in progress (every protocol)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.inputs = Counter("vaeserve_inputs", "inputs scored, encoded or decoded", ["method", *model], registry=r)
         self.samples = Counter("vaeserve_importance_samples", "inputs x K evaluated by Score", model, registry=r)
         self.batch_inputs = Histogram(
@@ -49,11 +60,24 @@ class Metrics:
             registry=r,
         )
         self.model = Gauge(
-            "vaeserve_model_info", "a ready model version (value 1)", ["name", "version", "provider"], registry=r
+            "vaeserve_model_info",
+            "a ready model version (value 1; with workers, 1 while any worker has it ready)",
+            ["name", "version", "provider"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.ready = Gauge("vaeserve_ready", "1 while the server is SERVING", registry=r)
+        self.ready = Gauge(
+            "vaeserve_ready",
+            "1 while the server is SERVING (with workers: while every live worker is)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.queue_depth = Gauge(
-            "vaeserve_queue_depth", "engine runs waiting for a thread (the work queue), by model", model, registry=r
+            "vaeserve_queue_depth",
+            "engine runs waiting for a thread (the work queue), by model",
+            model,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_wait = Histogram(
             "vaeserve_queue_seconds",
@@ -63,6 +87,7 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._in_flight_count: Callable[[], float] | None = None
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), looked up once: labels() takes a lock and builds a key on every call."""
@@ -91,15 +116,23 @@ class Metrics:
         self._child(self.queue_wait, model, version).observe(seconds)
 
     def model_ready(self, name: str, version: str, provider: str, ready: bool) -> None:
-        if ready:
-            self.model.labels(name, version, provider).set(1)
+        if ready or self.multiprocess:  # a removed child would live on in the worker's file: set it to 0
+            self.model.labels(name, version, provider).set(int(ready))
             return
         with contextlib.suppress(KeyError):
             self.model.remove(name, version, provider)
 
     def track_in_flight(self, count: Callable[[], float]) -> None:
-        """The in-flight gauge reads `count` when scraped, so requests pay nothing for it."""
-        self.in_flight.set_function(count)
+        """The in-flight gauge reads `count` when scraped, so requests pay nothing for it; a worker's
+        scrape happens in the supervisor, so there `refresh()` copies it into the file instead."""
+        self._in_flight_count = count
+        if not self.multiprocess:
+            self.in_flight.set_function(count)
+
+    def refresh(self) -> None:
+        """Copies values read on demand into the multiprocess files (a worker calls it every second)."""
+        if self._in_flight_count is not None:
+            self.in_flight.set(self._in_flight_count())
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

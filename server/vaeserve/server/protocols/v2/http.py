@@ -226,8 +226,8 @@ def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> St
 class HttpServer:
     """uvicorn serving the app on the running event loop; `port` is the bound one (0 picks a free one)."""
 
-    def __init__(self, app: Starlette, host: str, port: int, grace_s: float) -> None:
-        self._sock = socket.create_server((host, port), reuse_port=False)
+    def __init__(self, app: Starlette, host: str, port: int, grace_s: float, *, reuse_port: bool = False) -> None:
+        self._sock = socket.create_server((host, port), reuse_port=reuse_port)
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
             app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=int(grace_s) or 1
