@@ -69,6 +69,16 @@ def test_workers_setting_and_each_workers_share_of_the_cores() -> None:
     assert worker_settings(settings.model_copy(update={"intra_op_threads": 3}), 0, 1, None).intra_op_threads == 3
 
 
+def test_auto_follows_a_containers_cpu_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == usable_cores(tmp_path / "absent")
+    cpu_max.write_text("150000 100000\n")  # limits.cpu: 1500m
+    assert usable_cores(cpu_max) == min(2, usable_cores(tmp_path / "absent"))
+    cpu_max.write_text("10000 100000\n")
+    assert usable_cores(cpu_max) == 1
+
+
 def test_two_workers_answer_on_one_port_and_metrics_add_up(spawn: type[ServerProcess]) -> None:
     metrics_port = _free_port()
     server = spawn("--workers", "2", "--metrics-port", str(metrics_port), "--http-port", "0", "--log-requests")

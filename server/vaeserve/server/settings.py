@@ -8,6 +8,7 @@ then the defaults below. This is the only module that reads the environment.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import tomllib
@@ -28,9 +29,17 @@ from vaeserve.server.boundary.auth import read_tokens
 __all__ = ["Settings", "default_bundle", "load_settings", "usable_cores"]
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity (taskset, cpusets), capped by a cgroup v2 CPU quota
+    (a container's CPU limit, e.g. Kubernetes' `limits.cpu: 2`), rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return cores
 
 
 def default_bundle() -> Path:
