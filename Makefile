@@ -11,7 +11,7 @@ DISTS := proto server client training
 DEV_STAMP := $(VENV)/.installed
 SERVER_STAMP := $(SERVER_VENV)/.installed
 
-.PHONY: test serve venv proto lint models bench bench-anomaly soak test-compose base-image wheels clean
+.PHONY: test serve venv proto lint models bench bench-kernel bench-anomaly soak test-compose base-image wheels clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -54,6 +54,10 @@ models: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(VENV)/bin/python -m bench $(ARGS)
+
+# Where the fused scoring graph's time goes (onnxruntime's profiler) and what chunk sizes and threads do to it.
+bench-kernel: $(DEV_STAMP)
+	$(VENV)/bin/python -m bench.kernel $(ARGS)
 
 # Mixed load, overload, drain, kill -9 and abuse against real servers, each figure against its goal (minutes).
 soak: $(DEV_STAMP)

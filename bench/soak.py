@@ -85,15 +85,20 @@ async def idle_encode(address: str, seconds: float) -> list[float]:
         return latencies[20:]  # warm-up left out
 
 
-async def mixed(address: str, clients: int, seconds: float, seed: int = 0) -> dict[str, Any]:
+async def mixed(address: str, clients: int, seconds: float, connections: int = 1, seed: int = 0) -> dict[str, Any]:
     kinds = _requests()
     names, weights = list(kinds), np.array([w for *_, w in kinds.values()])
     latencies: dict[str, list[float]] = defaultdict(list)
     codes: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = vae_pb2_grpc.VaeServiceStub(channel)
+    # Each channel its own connection (a local subchannel pool): a server's workers each get some.
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)
+    ]
+    try:
+        stubs = [vae_pb2_grpc.VaeServiceStub(channel) for channel in channels]
 
         async def client(i: int) -> None:
+            stub = stubs[i % len(stubs)]
             rng = np.random.default_rng(seed + i)
             stop = time.perf_counter() + seconds
             while time.perf_counter() < stop:
@@ -105,6 +110,9 @@ async def mixed(address: str, clients: int, seconds: float, seed: int = 0) -> di
                     latencies[name].append(ms)
 
         await asyncio.gather(*(client(i) for i in range(clients)))
+    finally:
+        for channel in channels:
+            await channel.close(None)
     return {"latencies": latencies, "codes": codes}
 
 
@@ -208,18 +216,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--max-in-flight", type=int, default=32, help="the overload server's (the others: 128)")
     parser.add_argument("--server-flags", default="", help="more vaeserve-server flags for every server")
+    parser.add_argument(
+        "--connections", type=int, default=8, help="connections the mixed load's clients share (round robin)"
+    )
+    parser.add_argument(
+        "--mixed-only", action="store_true", help="only the idle and mixed-load phases (e.g. to compare --workers)"
+    )
     args = parser.parse_args(argv)
     report = Report()
     handshake_s = 3.0
     flags = ["--handshake-timeout-s", str(handshake_s), *args.server_flags.split()]
-    print(f"soak: {args.clients} clients, {args.seconds:g} s mixed load; servers of {BUNDLE.name}, {' '.join(flags)}")
+    print(
+        f"soak: {args.clients} clients over {args.connections} connections, {args.seconds:g} s mixed load; "
+        f"servers of {BUNDLE.name}, {' '.join(flags)}"
+    )
     print(f"{'figure':58s} {'value':>26s}  goal")
 
     server = VaeServer(BUNDLE, *flags)
     try:
         idle = asyncio.run(idle_encode(server.address, 3.0))
         report.add("Encode 1 input, idle: p50 / p99", f"{_p(idle, 50):.2f} / {_p(idle, 99):.2f} ms")
-        result = asyncio.run(mixed(server.address, args.clients, args.seconds))
+        result = asyncio.run(mixed(server.address, args.clients, args.seconds, args.connections))
         codes, latencies = result["codes"], result["latencies"]
         calls = sum(codes.values())
         failed = calls - codes["OK"]
@@ -231,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         report.add("  Encode 1 p99 under load / idle p99", f"{ratio:.1f} x", "<= 5 x (fair admission)", ratio <= 5)
         scored = len(latencies["Score 1 (K 1000)"]) + 32 * len(latencies["Score 32 (K 100, nll)"])
         report.add("  Score throughput", f"{scored / args.seconds:.0f} inputs/s")
+        if args.mixed_only:
+            return 0
         figures = asyncio.run(abuse(server, handshake_s))
     finally:
         server.stop()

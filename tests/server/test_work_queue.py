@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from tests.serving import RunningServer
 from vaeserve.server.errors import LimitExceeded
 from vaeserve.server.serving.work_queue import WorkQueue
 
@@ -77,3 +82,30 @@ def test_a_run_that_waits_too_long_is_refused_and_a_cancelled_one_never_starts()
     message, order = asyncio.run(scenario())
     assert "waited" in message and "max_queue_ms 100" in message
     assert order == ["running"]  # neither the expired nor the cancelled run started
+
+
+def _thread_niceness() -> list[int]:
+    """The niceness of every thread of this process (field 19 of /proc/self/task/<tid>/stat)."""
+    values = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            values.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread niceness is read from Linux's /proc")
+def test_engine_threads_run_niced_and_the_event_loop_does_not(
+    serve: Callable[..., RunningServer], digits_bundle: Path
+) -> None:
+    before = _thread_niceness().count(7)
+    server = serve(digits_bundle, engine_nice=7, intra_op_threads=2)
+
+    async def niceness_on_the_loop_and_in_a_run() -> tuple[int, int]:
+        here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        there = await server.app.work.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), rows=1)
+        return here, there
+
+    loop_nice, run_nice = server.run(niceness_on_the_loop_and_in_a_run())
+    assert (loop_nice, run_nice) == (0, 7)
+    # onnxruntime's pool threads (one per two-thread session) were started niced by the loader.
+    assert _thread_niceness().count(7) - before >= 3

@@ -200,7 +200,7 @@ async def create_server(settings: Settings, worker: Worker | None = None) -> App
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)
     max_queue_s = None if settings.max_queue_ms is None else settings.max_queue_ms / 1000.0
-    work = WorkQueue(settings.executor_threads, max_queue_s=max_queue_s, metrics=metrics)
+    work = WorkQueue(settings.executor_threads, max_queue_s=max_queue_s, metrics=metrics, nice=settings.engine_nice)
     loader = ModelLoader(settings, work, NoiseCache(settings.noise_cache_mb << 20), metrics)
     registry = ModelRegistry(
         source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s

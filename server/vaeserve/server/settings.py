@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     executor_threads: int = Field(
         1, ge=1, description="runs on the thread pool at once (each uses intra_op_threads; more oversubscribe the CPU)"
     )
+    engine_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="OS niceness of the threads that run engine work (Linux): on a saturated machine the event "
+        "loop, which answers light calls, gets the CPU first (0: same priority)",
+    )
     max_queue_ms: float | None = Field(
         None,
         gt=0.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.engine import Engine, NoiseCache, RuntimeConfig, load_bundle
 from vaeserve.server.repository.model_settings import ModelSettings
 from vaeserve.server.serving.model import ServedModel
-from vaeserve.server.serving.work_queue import WorkQueue
+from vaeserve.server.serving.work_queue import WorkQueue, nice_this_thread
 from vaeserve.server.settings import Settings
 
 __all__ = ["ModelLoader"]
@@ -28,6 +29,12 @@ class ModelLoader:
     metrics: Metrics | None = None
 
     def __call__(self, name: str, version: str, path: Path, model_settings: ModelSettings) -> ServedModel:
+        # Built on a thread of the engine's niceness: onnxruntime's own pool threads, started with the
+        # sessions, inherit it (the threads that call into the sessions have it from the work queue).
+        with ThreadPoolExecutor(1, initializer=nice_this_thread, initargs=(self.work.nice,)) as thread:
+            return thread.submit(self._load, name, version, path, model_settings).result()
+
+    def _load(self, name: str, version: str, path: Path, model_settings: ModelSettings) -> ServedModel:
         settings = model_settings.over(self.settings)
         bundle = load_bundle(path)
         runtime = RuntimeConfig(

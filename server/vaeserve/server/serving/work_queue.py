@@ -5,13 +5,20 @@ A run waits in a queue ordered by its virtual deadline: when it arrived plus how
 overtakes heavy runs that arrived just before it, while a heavy run still goes once its deadline
 comes up, whatever keeps arriving after it: no starvation. A run that waits longer than `max_queue_s`
 is refused (RESOURCE_EXHAUSTED) rather than served late. Queue depth and waits are metrics per model.
+
+The pool's threads run at a raised OS niceness (`--engine-nice`): when the cores are saturated, the
+event loop (which answers light calls itself and hands out the heavy ones) gets the CPU first, and
+heavy runs take what is left; on an idle machine niceness changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +29,7 @@ from typing import Any, TypeVar
 from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.errors import LimitExceeded
 
-__all__ = ["WorkQueue"]
+__all__ = ["WorkQueue", "nice_this_thread"]
 
 T = TypeVar("T")
 _RATE_ROWS_PER_S = 2e5  # a start for the rate estimate (rows are inputs x draws); runs update it
@@ -41,9 +48,22 @@ class _Job:
     expiry: asyncio.TimerHandle | None = field(default=None, compare=False)  # only while it waits
 
 
+def nice_this_thread(nice: int) -> None:
+    """Sets the calling OS thread's niceness (Linux: per thread; threads it starts later inherit it).
+    Raising it needs no privilege; where it cannot be set, the thread keeps its priority."""
+    if nice and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class WorkQueue:
-    def __init__(self, threads: int, *, max_queue_s: float | None = None, metrics: Metrics | None = None) -> None:
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="vaeserve-run")
+    def __init__(
+        self, threads: int, *, max_queue_s: float | None = None, metrics: Metrics | None = None, nice: int = 0
+    ) -> None:
+        self.nice = nice
+        self._executor = ThreadPoolExecutor(
+            threads, thread_name_prefix="vaeserve-run", initializer=nice_this_thread, initargs=(nice,)
+        )
         self._free = threads
         self._heap: list[_Job] = []
         self._seq = itertools.count()
