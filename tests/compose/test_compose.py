@@ -47,8 +47,8 @@ Stage = Callable[[str], contextlib.AbstractContextManager[None]]
 Compose = Callable[..., str]
 
 
-def sh(*cmd: str, stdin: bytes | None = None, timeout: float = 900) -> str:
-    done = subprocess.run(cmd, cwd=REPO, env=ENV, input=stdin, capture_output=True, timeout=timeout)
+def sh(*cmd: str, stdin: bytes | None = None, timeout: float = 900, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, input=stdin, capture_output=True, timeout=timeout)
     if done.returncode:
         output = (done.stdout + done.stderr).decode(errors="replace")[-4000:]
         raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{output}")
@@ -126,8 +126,8 @@ def healthy_servers(compose: Compose, replicas: int, timeout: float = 120) -> li
 def compose(images: None, stage: Stage) -> Iterator[Compose]:
     project = f"vaeservetest{os.getpid()}{secrets.token_hex(3)}"
 
-    def run(*args: str, stdin: bytes | None = None) -> str:
-        return sh("docker-compose", "-p", project, *args, stdin=stdin)
+    def run(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> str:
+        return sh("docker-compose", "-p", project, *args, stdin=stdin, env=env)
 
     try:
         with stage("up + healthy"):
@@ -203,3 +203,22 @@ def test_three_replicas_share_round_robin_calls(compose: Compose, stage: Stage) 
         replicas = compose("run", "--rm", "-T", "client", "python", "-c", snippet).split()
     assert len(replicas) == 30
     assert set(replicas) == hostnames
+
+
+def test_workers_share_the_containers_port(compose: Compose, stage: Stage) -> None:
+    with stage("one server with VAESERVE_WORKERS=2 + healthy"):
+        compose("up", "-d", "--scale", "server=1", "server", env={"VAESERVE_WORKERS": "2"})
+        (server,) = healthy_servers(compose, 1)
+    hostname = sh("docker", "inspect", "-f", "{{.Config.Hostname}}", server).strip()
+    # A connection stays with the worker that accepted it: fresh clients land on both.
+    snippet = (
+        "from vaeserve.client import Client\n"
+        "seen = set()\n"
+        "for _ in range(24):\n"
+        "    with Client('server:50051') as c:\n"
+        "        seen.add(c.info().served_by.replica)\n"
+        "print(*sorted(seen))"
+    )
+    with stage("24 fresh connections"):
+        replicas = compose("run", "--rm", "-T", "client", "python", "-c", snippet).split()
+    assert replicas == [f"{hostname}/w0", f"{hostname}/w1"]
