@@ -177,13 +177,21 @@ def add_background(path: Path, model: LinearGaussian, encoder: Encoder = Encoder
     return update_manifest(path, background="background", sha256=hashes)
 
 
-def add_calibration(path: Path, raw: np.ndarray, *, k: int = 100, seed: int = 0) -> Bundle:
-    """Calibrates every score the bundle can serve on `raw` normal inputs, as vaeserve-train does."""
+def add_calibration(
+    path: Path, raw: np.ndarray, *, k: int = 100, seed: int = 0, standardize_on: np.ndarray | None = None
+) -> Bundle:
+    """Calibrates every score the bundle can serve on `raw` normal inputs, as vaeserve-train does (`combined`
+    too, standardized on the other normal inputs `standardize_on`)."""
     bundle = load_bundle(path)
     cpu = RuntimeConfig(device="cpu")
     background = Engine(bundle.background, cpu) if bundle.background is not None else None
     scorer = AnomalyScorer(Engine(bundle, cpu), background)
-    calibration = scorer.calibrate(scorer.engine.prepare(raw), k=k, seed=seed, dataset="test")
+    standardization = None
+    if standardize_on is not None:
+        standardization = scorer.standardize(scorer.engine.prepare(standardize_on), k=k, seed=seed, dataset="test")
+    calibration = scorer.calibrate(
+        scorer.engine.prepare(raw), k=k, seed=seed, dataset="test", standardization=standardization
+    )
     return update_manifest(path, calibration=calibration.model_dump())
 
 

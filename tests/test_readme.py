@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 
 from tests.conftest import REPO
-from vaeserve.api.manifest import Calibration, Estimate, ImageLayout, Manifest, Preprocessing, TrainingSummary
+from vaeserve.api.manifest import (
+    Calibration,
+    Estimate,
+    ImageLayout,
+    Manifest,
+    Preprocessing,
+    Standardization,
+    TrainingSummary,
+)
 from vaeserve.server.repository.model_settings import ModelSettings, VersionPolicy
 from vaeserve.server.settings import Settings
 
@@ -26,7 +34,7 @@ def test_every_model_setting_is_documented() -> None:
 
 
 def test_every_manifest_field_is_documented() -> None:
-    for model in (Manifest, Preprocessing, ImageLayout, TrainingSummary, Calibration, Estimate):
+    for model in (Manifest, Preprocessing, ImageLayout, TrainingSummary, Calibration, Standardization, Estimate):
         for name in model.model_fields:
             assert f"`{name}`" in README or f".{name}`" in README, (
                 f"README's bundle format lacks {model.__name__}.{name}"

@@ -18,7 +18,7 @@ import pytest
 from tests.bundles import Encoder, LinearBernoulli, LinearGaussian, add_background, add_calibration, write_bundle
 from tests.serving import RunningServer
 from vaeserve.api import codec
-from vaeserve.api.manifest import Calibration
+from vaeserve.api.manifest import Calibration, Standardization
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import Client, InvalidArgumentError
@@ -38,7 +38,7 @@ def calibrated(lg: LinearGaussian, tmp_path_factory: pytest.TempPathFactory) -> 
     path = tmp_path_factory.mktemp("calibrated")
     write_bundle(path, lg, Encoder())
     add_background(path, LinearGaussian.random(dim=10, latent=3, s2=0.5, seed=7))
-    add_calibration(path, lg.sample(999, seed=11), k=100, seed=0)
+    add_calibration(path, lg.sample(999, seed=11), k=100, seed=0, standardize_on=lg.sample(300, seed=12))
     return path
 
 
@@ -82,6 +82,8 @@ def test_served_flags_keep_their_false_positive_rate(
             error = np.sqrt(alpha * (1 - alpha) / 999) + np.sqrt(alpha * (1 - alpha) / 5000)
             assert abs(rate - alpha) < 4 * error, (alpha, rate)
             np.testing.assert_array_equal(scores.is_anomaly, scores.p_value <= alpha)
+            combined = client.score(fresh, alpha=alpha, anomaly_scores=["combined"]).anomalies["combined"]
+            assert abs(float(combined.is_anomaly.mean()) - alpha) < 4 * error, (alpha, "combined")
         shifted = client.score(fresh[:200] + 2.0, alpha=0.01)
         assert shifted.is_anomaly is not None and shifted.is_anomaly.mean() > 0.9
 
@@ -104,6 +106,40 @@ def test_each_score_against_an_independent_computation(scorer: AnomalyScorer, lg
     # likelihood_ratio: log p_bg(x) - log p(x), both closed forms.
     background = LinearGaussian.random(dim=10, latent=3, s2=0.5, seed=7)
     np.testing.assert_allclose(raw["likelihood_ratio"], background.log_px(x) - lg.log_px(x), atol=1e-3)
+
+
+def test_combined_is_the_largest_standardized_component(scorer: AnomalyScorer, lg: LinearGaussian) -> None:
+    """Medians and IQRs from the standardization rows (not the calibration's), then the largest z per input."""
+    calibration = scorer.calibration
+    assert calibration is not None and calibration.standardization is not None
+    held = scorer.raw(scorer.engine.prepare(lg.sample(300, seed=12)), ["nll", "reconstruction"])
+    for name, (center, scale) in calibration.standardization.components.items():
+        q1, median, q3 = np.percentile(held[name], [25, 50, 75])
+        assert (center, scale) == pytest.approx((median, q3 - q1))
+    assert list(calibration.standardization.components) == ["nll", "reconstruction"]  # not an image model
+    x = np.concatenate([lg.sample(20, seed=6), lg.sample(5, seed=7) + 3.0])
+    raw = scorer.raw(scorer.engine.prepare(x), ["nll", "reconstruction", "combined"])
+    z = [(raw[n] - c) / s for n, (c, s) in calibration.standardization.components.items()]
+    np.testing.assert_allclose(raw["combined"], np.maximum(*z), rtol=1e-12)
+    # The calibration's combined scores are the calibration rows' own, sorted.
+    calib_rows = scorer.raw(scorer.engine.prepare(lg.sample(999, seed=11)), ["combined"])["combined"]
+    np.testing.assert_allclose(calibration.sorted_scores("combined"), np.sort(calib_rows), rtol=1e-9)
+
+
+def test_combined_needs_its_standardization() -> None:
+    scores = {"nll": [1.0, 2.0], "combined": [0.0, 1.0]}
+    with pytest.raises(ValueError, match="needs its standardization"):
+        Calibration(k=10, seed=0, dataset="d", scores=scores)
+    with pytest.raises(ValueError, match=r"components \['reconstruction'\] are not calibrated"):
+        Calibration(
+            k=10,
+            seed=0,
+            dataset="d",
+            scores=scores,
+            standardization={"components": {"reconstruction": (1.0, 2.0)}, "dataset": "v"},  # type: ignore[arg-type]
+        )
+    with pytest.raises(ValueError, match="scale finite and > 0"):
+        Standardization(components={"nll": (1.0, 0.0)}, dataset="v")
 
 
 def test_complexity_is_nll_in_bits_minus_a_lossless_png_length(tmp_path: Path) -> None:
@@ -236,7 +272,8 @@ def test_named_scores_and_errors_over_grpc(
         status = {a.name: (a.available, a.reason, a.n_calibration) for a in info.anomaly_scores}
         assert status["nll"] == (True, "", 999) and status["likelihood_ratio"] == (True, "", 999)
         assert status["complexity"][0] is False and "not an image model" in status["complexity"][1]
-        assert list(info.defaults.anomaly_scores) == ["nll", "reconstruction"] and info.defaults.alpha == 0.01
+        assert list(info.defaults.anomaly_scores) == ["nll", "reconstruction", "combined"]
+        assert info.defaults.alpha == 0.01
         reply = stub.Score(pb.ScoreRequest(x=codec.to_proto(x), anomaly_scores=["reconstruction", "nll"], alpha=0.1))
         assert [a.name for a in reply.anomalies] == ["reconstruction", "nll"] and reply.anomaly.name == "reconstruction"
         assert reply.anomalies[1].alpha == 0.1 and reply.anomalies[1].n_calibration == 999
@@ -289,3 +326,29 @@ def test_a_broken_background_is_refused(calibrated: Path, tmp_path: Path, lg: Li
     write_bundle(other, lg, Encoder())
     with pytest.raises(BundleError, match="must take the same inputs"):
         add_background(other, LinearGaussian.random(dim=6, latent=2, seed=3))
+
+
+@pytest.mark.parametrize("model", ["digits", "mnist5k"])
+def test_the_default_score_flags_blank_constant_and_noise_images(
+    serve: Callable[..., RunningServer], model: str
+) -> None:
+    """A likelihood rates a blank 28x28 image likelier than any digit, the complexity score lets noise pass;
+    the bundled image models' default score (combined) flags all of them at the default alpha."""
+    bundle = Path(__file__).resolve().parents[2] / "models" / model
+    server = serve(bundle)
+    with Client(server.address) as client:
+        info = client.info()
+        top = 16.0 if model == "digits" else 255.0
+        dim = int(np.prod(info.input_shape))
+        rng = np.random.default_rng(0)
+        odd = np.concatenate(
+            [
+                np.zeros((3, dim)),
+                np.full((3, dim), top),
+                np.full((3, dim), top / 2),
+                np.rint(rng.random((3, dim)) * top),
+            ]
+        )
+        scores = client.score(odd)
+    assert list(scores.anomalies)[0] == "combined"
+    assert scores.is_anomaly is not None and scores.is_anomaly.all(), scores.anomalies["combined"].p_value

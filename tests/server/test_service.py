@@ -102,10 +102,10 @@ def test_anomaly_fields_with_calibration(digits_stub: Stub) -> None:
     weird = np.full((1, 64), 16.0)  # an all-white square: nothing like a digit
     # K and seed left to the server are the calibration's: the anomaly score comes from the same pass.
     reply = digits_stub.Score(pb.ScoreRequest(x=t(np.concatenate([x, weird])), alpha=0.05))
-    # The default set for an image model (chosen by the anomaly benchmark): reconstruction first.
-    assert [a.name for a in reply.anomalies] == ["reconstruction", "nll", "complexity"]
+    # The default set for an image model (chosen by the anomaly benchmark): combined first.
+    assert [a.name for a in reply.anomalies] == ["combined", "reconstruction", "nll", "complexity"]
     assert reply.anomaly == reply.anomalies[0] and all(a(e.is_anomaly)[-1] for e in reply.anomalies)
-    anomaly = reply.anomalies[1]
+    anomaly = reply.anomalies[2]
     assert anomaly.name == "nll" and anomaly.k == 1000 and anomaly.estimator == "iwae"
     assert anomaly.alpha == 0.05 and anomaly.threshold_quantile == pytest.approx(0.95)
     assert anomaly.n_calibration == 180 and anomaly.min_alpha == pytest.approx(1 / 181)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vaeserve.server.anomaly import AnomalyScorer
-from vaeserve.server.engine.bundle import load_bundle
+from vaeserve.server.engine.bundle import load_bundle, update_manifest
 from vaeserve.server.engine.results import ScoreOptions
 from vaeserve.training.cli import main
 from vaeserve.training.pipeline import bundle_splits, cpu_engine, cpu_scorer
@@ -32,7 +32,12 @@ def test_train_writes_a_complete_bundle(trained: Path, capsys: pytest.CaptureFix
     assert t is not None and t.dataset == "digits" and t.epochs == 4 and t.test_iwae.k == 64
     assert t.test_iwae.value >= t.test_elbo.value - 3 * t.test_elbo.se  # IWAE is the tighter bound
     assert m.calibration is not None and m.calibration.k == 32
-    assert m.calibration.n == 300 and list(m.calibration.scores) == ["nll", "reconstruction", "complexity"]
+    assert m.calibration.n == 300
+    assert list(m.calibration.scores) == ["nll", "reconstruction", "complexity", "combined"]
+    # combined's scale comes from the validation rows, apart from the calibration rows.
+    spec = m.calibration.standardization
+    assert spec is not None and spec.dataset == "digits (validation split)"
+    assert list(spec.components) == ["nll", "reconstruction", "complexity"]
 
 
 def test_training_is_reproducible(trained: Path, tmp_path: Path) -> None:
@@ -187,6 +192,7 @@ def test_background_model_for_the_likelihood_ratio(tmp_path: Path) -> None:
         "reconstruction",
         "complexity",
         "likelihood_ratio",
+        "combined",
     ]
     assert m.training is not None and "background" in m.training.choices
     scorer = cpu_scorer(bundle)
@@ -215,8 +221,21 @@ def test_calibrate_add_tops_up_the_calibration(
     assert after.dataset == f"{before.dataset} + more.npy" and "added 40 inputs" in capsys.readouterr().out
     for name, values in before.scores.items():  # the old scores are all still there
         assert set(values) <= set(after.scores[name])
+    assert after.standardization == before.standardization  # combined stays the same function
     assert main(["calibrate", str(copy), str(tmp_path / "more.npy"), "--add", "--k", "7"]) == 2
     assert "--add keeps the calibration's K" in capsys.readouterr().err
+    # A bundle calibrated before `combined`: recalibrating on DATA standardizes on 30 % of it, calibrates on the rest.
+    older = after.model_copy(
+        update={"scores": {k: v for k, v in after.scores.items() if k != "combined"}, "standardization": None}
+    )
+    update_manifest(copy, calibration=older.model_dump())
+    assert main(["calibrate", str(copy), str(tmp_path / "more.npy")]) == 0
+    fresh = load_bundle(copy).manifest.calibration
+    assert fresh is not None and fresh.n == 28 and "combined" in fresh.scores
+    assert (
+        fresh.standardization is not None
+        and fresh.standardization.dataset == "more.npy (30 % held out for the standardization)"
+    )
 
 
 def test_a_conv_model_on_a_flat_digits_file(tmp_path: Path) -> None:

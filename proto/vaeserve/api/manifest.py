@@ -34,6 +34,7 @@ __all__ = [
     "ImageLayout",
     "Manifest",
     "Preprocessing",
+    "Standardization",
     "TrainingSummary",
     "check_alpha",
 ]
@@ -159,6 +160,29 @@ class TrainingSummary(_Strict):
     warnings: list[str] = Field(default_factory=list)
 
 
+class Standardization(_Strict):
+    """How the `combined` score puts its components on one scale: (score - center) / scale for each, then
+    the largest. Centers (medians) and scales (interquartile ranges) come from normal rows apart from the
+    calibration rows (the validation split), so `combined` is a fixed function of an input and its
+    conformal p-values keep their guarantee exactly."""
+
+    components: dict[str, tuple[float, float]] = Field(min_length=1)  # name -> (center, scale > 0)
+    dataset: str
+
+    @field_validator("components")
+    @classmethod
+    def _positive_scales(cls, components: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (center, scale) in components.items():
+            if not (math.isfinite(center) and math.isfinite(scale) and scale > 0):
+                raise ValueError(f"{name}: center must be finite and scale finite and > 0, got ({center}, {scale})")
+        return components
+
+    def combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """max over components of (score - center) / scale, float64 [B]."""
+        columns = [(np.asarray(scores[name], np.float64) - c) / s for name, (c, s) in self.components.items()]
+        return np.max(np.stack(columns), axis=0)  # type: ignore[no-any-return]
+
+
 class Calibration(_Strict):
     """Anomaly scores of held-out normal data: one sorted list per named score, all of the same n inputs.
 
@@ -173,6 +197,7 @@ class Calibration(_Strict):
     seed: int = Field(ge=0, lt=2**64)
     dataset: str
     scores: dict[str, list[float]] = Field(min_length=1)
+    standardization: Standardization | None = None  # of the `combined` score's components
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +222,16 @@ class Calibration(_Strict):
             if any(b < a for a, b in itertools.pairwise(values)):
                 raise ValueError(f"{name}: calibration scores must be sorted in ascending order")
         return scores
+
+    @model_validator(mode="after")
+    def _combined_has_its_standardization(self) -> Calibration:
+        if "combined" in self.scores and self.standardization is None:
+            raise ValueError("the combined score's calibration needs its standardization")
+        if self.standardization is not None:
+            missing = set(self.standardization.components) - set(self.scores)
+            if missing:
+                raise ValueError(f"standardization components {sorted(missing)} are not calibrated scores")
+        return self
 
     @functools.cached_property
     def _arrays(self) -> dict[str, np.ndarray]:  # cached once: read on every request

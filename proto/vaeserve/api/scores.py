@@ -98,8 +98,9 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
 class AnomalyScore:
     name: str
     meaning: str
-    # what a model needs to serve it: an image layout, or a background model in its bundle
-    needs: Literal["", "image", "background"] = ""
+    # what a model needs to serve it: an image layout, a background model in its bundle, or the
+    # calibration's standardization of the component scores
+    needs: Literal["", "image", "background", "standardization"] = ""
 
 
 ANOMALY_SCORES: tuple[AnomalyScore, ...] = (
@@ -114,6 +115,12 @@ ANOMALY_SCORES: tuple[AnomalyScore, ...] = (
         "likelihood_ratio",
         "log p_bg(x) - log p(x) against the bundle's background model, nats (Ren et al. 2019)",
         "background",
+    ),
+    AnomalyScore(
+        "combined",
+        "the largest of nll, reconstruction and (image models) complexity, each as (score - median) / IQR with "
+        "medians and IQRs fixed on normal validation data: flags what any of them finds extreme, at one level",
+        "standardization",
     ),
 )
 DEFAULT_ANOMALY_SCORE = "nll"

@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     anomaly_scores: Annotated[tuple[str, ...] | None, NoDecode] = Field(
         None,
         description="anomaly scores a Score request gets when it names none, comma-separated (the first fills "
-        "`anomaly`); a model serves those it can (default, from the anomaly benchmark: reconstruction, nll and "
-        "complexity for image models; nll and reconstruction for others)",
+        "`anomaly`); a model serves those it can (default, from the anomaly benchmark: combined, reconstruction, "
+        "nll and complexity for image models; nll, reconstruction and combined for others)",
     )
     batching: bool = Field(True, description="merge concurrent small requests into one run")
     batch_max_inputs: int = Field(256, ge=1, description="most inputs in one merged run")

@@ -141,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "data",
         nargs="?",
-        help="normal data in raw units (file or data set; default: the bundle's own held-out calibration split)",
+        help="normal data in raw units (file or data set; default: the bundle's own held-out calibration split, "
+        "and its validation split for the combined score's standardization; with DATA and no standardization "
+        "yet, 30 %% of DATA)",
     )
     c.add_argument("--k", type=int, help="K of the estimator (default: the bundle's current calibration K)")
     c.add_argument("--seed", type=int, default=0)
@@ -272,12 +274,22 @@ def _calibrate(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
     current = bundle.manifest.calibration
     k = args.k or (current.k if current else 1000)
+    standardize_on = None
     if args.data is None:
-        raw, name = bundle_splits(bundle).calib, f"{bundle.manifest.training.dataset} (calib split)"  # type: ignore[union-attr]
+        splits = bundle_splits(bundle)
+        dataset = bundle.manifest.training.dataset  # type: ignore[union-attr]
+        raw, name = splits.calib, f"{dataset} (calib split)"
+        standardize_on = (splits.val, f"{dataset} (validation split)")
     else:
         data = load_for_bundle(bundle, args.data, labels=args.labels)
         raw = data.x if args.classes is None else select_classes(data, list(args.classes))
         name = data.name
+        if not args.add and (current is None or current.standardization is None):
+            # `combined` is standardized on rows apart from those it is calibrated on: 30 % of DATA, at random.
+            order = np.random.default_rng(args.seed).permutation(len(raw))
+            held = max(1, int(0.3 * len(raw)))
+            standardize_on = (raw[order[:held]], f"{name} (30 % held out for the standardization)")
+            raw = raw[order[held:]]
     scorer = cpu_scorer(bundle)
     if args.add:
         if current is None:
@@ -287,7 +299,15 @@ def _calibrate(args: argparse.Namespace) -> None:
         calibration = scorer.add(scorer.engine.prepare(raw), name)
         done = f"added {len(raw)} inputs of {name} to the calibration of {bundle.path}: now {calibration.n}"
     else:
-        calibration = calibrate(scorer, raw, k=k, seed=args.seed, dataset=name)
+        calibration = calibrate(
+            scorer,
+            raw,
+            k=k,
+            seed=args.seed,
+            dataset=name,
+            standardize_on=standardize_on,
+            standardization=None if standardize_on else current.standardization if current else None,
+        )
         done = f"recalibrated {bundle.path} on {len(raw)} inputs of {name}"
     update_manifest(bundle.path, calibration=calibration.model_dump())
     q = np.quantile(calibration.sorted_scores("nll"), [0.5, 0.95, 0.99])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaeserve.api.manifest import Calibration, Estimate
+from vaeserve.api.manifest import Calibration, Estimate, Standardization
 from vaeserve.client.images import save_grid
 from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine.engine import Engine
@@ -61,9 +61,24 @@ def active_units(engine: Engine, raw: np.ndarray, threshold: float = 0.01) -> in
     return int((mean.astype(np.float64).var(axis=0) > threshold).sum())
 
 
-def calibrate(scorer: AnomalyScorer, raw: np.ndarray, *, k: int, seed: int, dataset: str) -> Calibration:
-    """Every anomaly score the model can serve, of held-out normal data, sorted, as the server computes them."""
-    return scorer.calibrate(scorer.engine.prepare(raw), k=k, seed=seed, dataset=dataset)
+def calibrate(
+    scorer: AnomalyScorer,
+    raw: np.ndarray,
+    *,
+    k: int,
+    seed: int,
+    dataset: str,
+    standardize_on: tuple[np.ndarray, str] | None = None,
+    standardization: Standardization | None = None,
+) -> Calibration:
+    """Every anomaly score the model can serve, of held-out normal data, sorted, as the server computes them;
+    `combined` too, standardized on other normal rows (`standardize_on`: raw rows and their name) or as given."""
+    if standardization is None and standardize_on is not None:
+        rows, name = standardize_on
+        standardization = scorer.standardize(scorer.engine.prepare(rows), k=k, seed=seed, dataset=name)
+    return scorer.calibrate(
+        scorer.engine.prepare(raw), k=k, seed=seed, dataset=dataset, standardization=standardization
+    )
 
 
 def save_pictures(engine: Engine, raw: np.ndarray, out: Path, *, seed: int, n: int = 32) -> list[Path]:

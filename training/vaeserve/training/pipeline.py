@@ -206,7 +206,12 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     units = active_units(engine, splits.test)
     background = cpu_engine(bundle.background) if bundle.background is not None else None
     calibration = calibrate(
-        AnomalyScorer(engine, background), splits.calib, k=config.calib_k, seed=config.calib_seed, dataset=data.name
+        AnomalyScorer(engine, background),
+        splits.calib,
+        k=config.calib_k,
+        seed=config.calib_seed,
+        dataset=data.name,
+        standardize_on=(splits.val, f"{data.name} (validation split)"),
     )
     small = calibration.too_small_for(DEFAULT_ALPHA)
     summary = TrainingSummary(

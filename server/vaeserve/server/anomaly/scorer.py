@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vaeserve.api.manifest import Calibration, check_alpha
+from vaeserve.api.manifest import Calibration, Standardization, check_alpha
 from vaeserve.api.scores import ANOMALY_SCORES
 from vaeserve.server.anomaly.base import AnomalyScoreFn
 from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.combined import Combined, component_names
 from vaeserve.server.anomaly.complexity import Complexity
 from vaeserve.server.anomaly.likelihood_ratio import LikelihoodRatio
 from vaeserve.server.anomaly.nll import Nll
@@ -27,9 +28,8 @@ from vaeserve.server.errors import InvalidArgument
 
 __all__ = ["SCORE_FNS", "AnomalyScorer", "alpha_of"]
 
-SCORE_FNS: dict[str, AnomalyScoreFn] = {
-    fn.name: fn for fn in (Nll(), Reconstruction(), Complexity(), LikelihoodRatio())
-}
+_SINGLE: dict[str, AnomalyScoreFn] = {fn.name: fn for fn in (Nll(), Reconstruction(), Complexity(), LikelihoodRatio())}
+SCORE_FNS: dict[str, AnomalyScoreFn] = {**_SINGLE, "combined": Combined(_SINGLE)}
 
 
 class AnomalyScorer:
@@ -120,12 +120,36 @@ class AnomalyScorer:
         small = calibration.too_small_for(alpha)
         return [small] if small else []
 
-    def calibrate(self, x: np.ndarray, *, k: int, seed: int, dataset: str, check: Check = no_check) -> Calibration:
-        """Every computable score of held-out normal model-space inputs, sorted, as served requests compute them."""
-        names = self.computable()
+    def calibrate(
+        self,
+        x: np.ndarray,
+        *,
+        k: int,
+        seed: int,
+        dataset: str,
+        standardization: Standardization | None = None,
+        check: Check = no_check,
+    ) -> Calibration:
+        """Every computable score of held-out normal model-space inputs, sorted, as served requests compute
+        them; with a standardization (fixed on other normal rows: `standardize`), `combined` as well."""
+        names = [name for name in self.computable() if name != "combined"]
         batch = self._batch(x, names, k, seed, check, None)
-        scores = {name: sorted(SCORE_FNS[name].compute(batch).tolist()) for name in names}
-        return Calibration(k=k, seed=seed, dataset=dataset, scores=scores)
+        raw = {name: SCORE_FNS[name].compute(batch) for name in names}
+        if standardization is not None:
+            raw["combined"] = standardization.combine(raw)
+        scores = {name: sorted(values.tolist()) for name, values in raw.items()}
+        return Calibration(k=k, seed=seed, dataset=dataset, scores=scores, standardization=standardization)
+
+    def standardize(
+        self, x: np.ndarray, *, k: int, seed: int, dataset: str, check: Check = no_check
+    ) -> Standardization:
+        """Medians and interquartile ranges of the `combined` score's components on normal model-space rows,
+        which must not be the calibration rows (else the calibration scores would not be exchangeable)."""
+        names = component_names(self.manifest)
+        batch = self._batch(x, names, k, seed, check, None)
+        return Standardization(
+            components={name: _center_scale(SCORE_FNS[name].compute(batch)) for name in names}, dataset=dataset
+        )
 
     def add(self, x: np.ndarray, dataset: str, check: Check = no_check) -> Calibration:
         """The calibration with more normal inputs scored the same way (same K and seed), merged in."""
@@ -149,6 +173,13 @@ class AnomalyScorer:
     ) -> Batch:
         need_sq_err = any(SCORE_FNS[name].needs_sq_err for name in names)
         return Batch(x, self.engine, self.background, k, seed, need_sq_err, check, reused)
+
+
+def _center_scale(values: np.ndarray) -> tuple[float, float]:
+    """Median and interquartile range (the standard deviation, then 1, where the IQR is 0)."""
+    q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+    scale = float(q3 - q1) or float(np.std(values)) or 1.0
+    return float(median), scale
 
 
 def alpha_of(alpha: float | None, threshold_quantile: float | None, default: float) -> float:
