@@ -350,5 +350,5 @@ def test_the_default_score_flags_blank_constant_and_noise_images(
             ]
         )
         scores = client.score(odd)
-    assert list(scores.anomalies)[0] == "combined"
+    assert next(iter(scores.anomalies)) == "combined"
     assert scores.is_anomaly is not None and scores.is_anomaly.all(), scores.anomalies["combined"].p_value
