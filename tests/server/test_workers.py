@@ -90,6 +90,12 @@ def test_two_workers_answer_on_one_port_and_metrics_add_up(spawn: type[ServerPro
     with grpc.insecure_channel(server.address) as channel:
         info = vae_pb2_grpc.VaeServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest())
     assert info.header.model_name == "digits"
+    http_port = next(
+        int(m.group(1)) for line in server.lines if (m := re.search(r"over HTTP on port (\d+)\) as worker", line))
+    )
+    for _ in range(4):  # the HTTP port is shared the same way
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=10) as reply:
+            assert reply.status == 200
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     encodes = re.search(r'vaeserve_requests_total\{code="OK",method="Encode",model="digits"[^}]*\} (\S+)', text)
     assert encodes and float(encodes.group(1)) == 24.0, text
