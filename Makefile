@@ -1,6 +1,7 @@
 # vaeserve: every target sets up what it needs, so a fresh clone with Python 3.11 and pip is enough.
 #   make test    all Python tests (creates .venv with the four distributions, editable)
 #   make serve   serve the bundled digits model (creates .venv-server: api + server only, no torch)
+#   make test-batch  vaeserve-batch on a two-node Ray cluster (creates .venv-batch: no torch, with Ray)
 PYTHON ?= python3
 VENV ?= .venv
 SERVER_VENV ?= .venv-server
@@ -10,8 +11,10 @@ ARGS ?=
 DISTS := proto server client training
 DEV_STAMP := $(VENV)/.installed
 SERVER_STAMP := $(SERVER_VENV)/.installed
+BATCH_VENV ?= .venv-batch
+BATCH_STAMP := $(BATCH_VENV)/.installed
 
-.PHONY: test serve venv proto lint models bench bench-kernel bench-anomaly soak test-compose base-image wheels clean
+.PHONY: test serve venv proto lint models bench bench-kernel bench-anomaly soak test-compose test-batch bench-batch base-image wheels clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -38,7 +41,7 @@ serve: $(SERVER_STAMP)
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy -p vaeserve.api -p vaeserve.server -p vaeserve.client -p vaeserve.training -p bench
+	$(VENV)/bin/mypy -p vaeserve.api -p vaeserve.server -p vaeserve.client -p vaeserve.training -p vaeserve.batch -p bench
 
 # Regenerate the gRPC stubs after editing a .proto under proto/vaeserve/api (a test checks they are current).
 PROTOS := vaeserve/api/v1/vae.proto vaeserve/api/v2/grpc_predict_v2.proto
@@ -77,5 +80,21 @@ wheels: $(DEV_STAMP)
 test-compose: $(DEV_STAMP)
 	$(VENV)/bin/python -m pytest -m compose tests/compose $(ARGS)
 
+# vaeserve-batch (bulk scoring on Ray Data) has its own environment: api, server, client and batch, with Ray
+# and no torch (the dev one has torch and no Ray). Its tests start a two-node Ray cluster on this machine.
+$(BATCH_STAMP): constraints.txt proto/pyproject.toml server/pyproject.toml client/pyproject.toml batch/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(BATCH_VENV)
+	$(BATCH_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
+	$(BATCH_VENV)/bin/pip install $(PIP_FLAGS) -e ./proto -e ./server -e ./client -e ./batch pytest pytest-timeout
+	@touch $@
+
+test-batch: $(BATCH_STAMP)
+	$(BATCH_VENV)/bin/python -m pytest -m batch tests/batch $(ARGS)
+
+# ELBO over 100,000 inputs and IWAE(1000) over 1,000: Ray actors against the single-process engine.
+bench-batch: $(BATCH_STAMP)
+	$(BATCH_VENV)/bin/python -m bench.batch $(ARGS)
+
 clean:
-	rm -rf $(VENV) $(SERVER_VENV) .venv-tritonclient .pytest_cache .wheels
+	rm -rf $(VENV) $(SERVER_VENV) $(BATCH_VENV) .venv-tritonclient .pytest_cache .wheels

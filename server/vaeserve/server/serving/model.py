@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +39,7 @@ from vaeserve.server.serving.calls import (
 from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
 
-__all__ = ["Defaults", "Lease", "Limits", "ServedModel"]
+__all__ = ["FALLBACK_K", "Defaults", "Lease", "Limits", "ServedModel", "default_anomaly_scores"]
 
 T = TypeVar("T")
 FALLBACK_K = 1000
@@ -125,13 +125,11 @@ class ServedModel:
             settings.max_in_flight,
             settings.max_message_mb << 20,
         )
-        served = self.scorer.served()
         self.defaults = Defaults(
             k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
             seed=settings.default_seed,
             alpha=settings.flag_alpha,
-            anomaly_scores=tuple(n for n in settings.anomaly_scores or _default_scores(self.manifest) if n in served)
-            or tuple(served[:1]),
+            anomaly_scores=default_anomaly_scores(self.scorer, settings.anomaly_scores),
         )
         self.warnings = self.scorer.warnings(self.defaults.alpha)
         self._work = work
@@ -454,7 +452,14 @@ class ServedModel:
             await batcher.close()
 
 
-def _default_scores(manifest: Manifest) -> tuple[str, ...]:
+def default_anomaly_scores(scorer: AnomalyScorer, preferred: Sequence[str] | None = None) -> tuple[str, ...]:
+    """What a Score request gets when it names no anomaly score: `preferred` (the settings'), else the
+    benchmark's choice, kept to what the model serves; else the first score it serves."""
+    served = scorer.served()
+    return tuple(n for n in preferred or _benchmark_choice(scorer.manifest) if n in served) or tuple(served[:1])
+
+
+def _benchmark_choice(manifest: Manifest) -> tuple[str, ...]:
     """The default set, chosen by `make bench-anomaly`: for images `combined` first (mean AUROC 0.990 digits,
     0.942 mnist5k, against reconstruction's 0.991 and 0.939, and the only score that flags blank, constant
     and noise images alike), for tables the nll (0.969 against 0.951 on breast cancer). A model without a

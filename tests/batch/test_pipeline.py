@@ -1,0 +1,109 @@
+"""vaeserve-batch on a real two-node Ray cluster: one output row per input row, results that do not depend
+on how the rows were split, equal to the server's Score of each row alone, and bad files as messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.batch.conftest import DIGITS, Inputs
+from tests.serving import RunningServer
+from vaeserve.batch.cli import main
+from vaeserve.batch.scoring import RowScorer, row_seeds
+from vaeserve.client import Client
+
+pytestmark = pytest.mark.batch
+
+K = 32  # above 20, so pareto_k is computed too
+SEED = 11
+KEYS = ["source", "index", "global_index", "seed"]
+
+
+def score(address: str, out: Path, *inputs: Path, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    argv = ["score", *map(str, inputs), "--bundle", str(DIGITS), "--out", str(out), "--address", address]
+    assert main([*argv, "--k", str(K), "--seed", str(SEED), "--label-column", "label", "--no-progress", *extra]) == 0
+    table = pq.read_table(out)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+@pytest.fixture(scope="module")
+def scored(ray_cluster: str, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The inputs' five files of four formats scored on the cluster with the model's default anomaly scores."""
+    return score(ray_cluster, tmp_path_factory.mktemp("out") / "scores.parquet", *inputs.files)
+
+
+def test_one_row_per_input_row_with_its_source_and_index(scored: dict[str, np.ndarray], inputs: Inputs) -> None:
+    assert list(scored["source"]) == inputs.sources
+    np.testing.assert_array_equal(scored["index"], inputs.index)
+    np.testing.assert_array_equal(scored["global_index"], np.arange(120))
+    np.testing.assert_array_equal(scored["seed"], SEED + np.arange(120, dtype=np.uint64))
+    # the numbers are the engine's on those rows with those seeds
+    scorer = RowScorer(DIGITS)
+    spec = scorer.spec(k=K, seed=SEED)
+    expected = scorer.score(inputs.rows, row_seeds(SEED, np.arange(120)), spec)
+    assert [c for c in scored if c not in KEYS] == list(expected) == scorer.schema(spec).names[4:]
+    assert "anomaly_score" in expected and "nll_p_value" in expected and "complexity_is_anomaly" in expected
+    for name, values in expected.items():
+        np.testing.assert_allclose(scored[name], values, rtol=1e-12, err_msg=name)
+
+
+def test_results_do_not_depend_on_how_the_rows_are_split(
+    scored: dict[str, np.ndarray], inputs: Inputs, ray_cluster: str, tmp_path: Path
+) -> None:
+    """The same rows as one file, and as three shards in batches of one to three rows on one actor."""
+    np.save(tmp_path / "whole.npy", inputs.rows)
+    (tmp_path / "split").mkdir()
+    for i, part in enumerate(np.array_split(inputs.rows, 3)):
+        np.save(tmp_path / "split" / f"{i}.npy", part)
+    whole = score(ray_cluster, tmp_path / "whole.parquet", tmp_path / "whole.npy")
+    split = score(
+        ray_cluster,
+        tmp_path / "split.parquet",
+        tmp_path / "split",
+        extra=("--batch-draws", str(3 * (K + 1000)), "--actors", "1"),
+    )
+    np.testing.assert_array_equal(split["index"], np.tile(np.arange(40), 3))
+    for name in scored:
+        if name not in KEYS:
+            np.testing.assert_allclose(whole[name], scored[name], rtol=1e-6, err_msg=name)
+            np.testing.assert_allclose(split[name], scored[name], rtol=1e-6, err_msg=name)
+
+
+def test_each_row_equals_the_servers_score_of_that_row_alone(
+    scored: dict[str, np.ndarray], inputs: Inputs, serve: Callable[..., RunningServer]
+) -> None:
+    server = serve(DIGITS)
+    names = list(
+        RowScorer(DIGITS).spec().anomaly_scores
+    )  # the default set, named: a row's seed is not the calibration's
+    assert len(names) > 1  # the first fills anomaly_score, the others <name>_<field>
+    with Client(server.address) as client:
+        for row in (0, 45, 77, 100, 119):  # one from each file
+            reply = client.score(inputs.rows[row : row + 1], k=K, seed=SEED + row, anomaly_scores=names)
+            columns = reply.columns()
+            assert set(columns) == set(scored) - set(KEYS)
+            for name, value in columns.items():
+                np.testing.assert_allclose(scored[name][row], value[0], rtol=1e-5, err_msg=f"row {row}: {name}")
+
+
+def test_a_bad_file_is_a_message_and_exit_status_2(inputs: Inputs, tmp_path: Path) -> None:
+    """The real console script, on a local Ray instance of its own (no --address): the bad line is found
+    by a worker, and the user reads which file and line, not a traceback."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([",".join(["1"] * 64), ",".join(["1"] * 63 + ["x"]), ",".join(["1"] * 64)]) + "\n")
+    out = tmp_path / "out.parquet"
+    script = Path(sys.executable).with_name("vaeserve-batch")
+    argv = [str(script), "score", str(inputs.files[0]), str(bad), "--bundle", str(DIGITS), "--out", str(out)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([*argv, "--k", "4", "--num-cpus", "1"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 2, done.stderr
+    assert f"vaeserve-batch: error: {bad}: line 2: could not convert string to float: 'x'\n" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
