@@ -88,8 +88,14 @@ def test_two_workers_answer_on_one_port_and_metrics_add_up(spawn: type[ServerPro
     # Each fresh connection goes to one worker, chosen by the kernel's hash: over 24 both show up.
     assert set(seen) == {f"{os.uname().nodename}/w0", f"{os.uname().nodename}/w1"}, seen
     with grpc.insecure_channel(server.address) as channel:
-        info = vae_pb2_grpc.VaeServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest())
+        # Model control would change one worker's models only: refused, with what to do instead.
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.LoadModel(pb.LoadModelRequest(name="digits"))
     assert info.header.model_name == "digits"
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "only one of this server's 2 workers" in refused.value.details()
     http_port = next(
         int(m.group(1)) for line in server.lines if (m := re.search(r"over HTTP on port (\d+)\) as worker", line))
     )

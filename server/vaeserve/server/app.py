@@ -205,7 +205,7 @@ async def create_server(settings: Settings, worker: Worker | None = None) -> App
     registry = ModelRegistry(
         source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s
     )
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(registry), server)
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(registry, worker.count if worker else 1), server)
     lifecycle = Lifecycle()
     plane = DataPlane(registry, lambda: not lifecycle.draining and bool(registry.ready_names()))
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)

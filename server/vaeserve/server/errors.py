@@ -10,7 +10,8 @@ The request boundary (``vaeserve.server.boundary``) maps each class to one statu
     ├── DeadlineExceeded  the caller's deadline passed mid-work     -> DEADLINE_EXCEEDED
     ├── Cancelled         the caller went away mid-work             -> CANCELLED
     ├── Unauthenticated   no bearer token, or not a known one       -> UNAUTHENTICATED
-    └── PermissionDenied  a known token not allowed this call       -> PERMISSION_DENIED
+    ├── PermissionDenied  a known token not allowed this call       -> PERMISSION_DENIED
+    └── FailedPrecondition  not possible in the server's setup     -> FAILED_PRECONDITION
 
 Anything else is a bug: logged with its traceback and answered INTERNAL.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "Cancelled",
     "DeadlineExceeded",
+    "FailedPrecondition",
     "InvalidArgument",
     "LimitExceeded",
     "ModelNotFound",
@@ -63,4 +65,8 @@ class Unauthenticated(ServingError):
 
 
 class PermissionDenied(ServingError):
+    pass
+
+
+class FailedPrecondition(ServingError):
     pass

@@ -32,14 +32,17 @@ log = logging.getLogger("vaeserve.server.workers")
 
 _CANNOT_SERVE = 2  # the exit code of a server that cannot load its models or bind: restarting will not help
 _RESTART_DELAY_S = (0.5, 10.0)  # after an unexpected exit: first delay, doubling up to the second
+_HEALTHY_S = 60.0  # a worker that ran this long before it died starts again from the first delay
 
 
 @dataclass(frozen=True)
 class Worker:
-    """What a worker knows of its place: its number and its supervisor (it drains when that one is gone)."""
+    """What a worker knows of its place: its number, how many there are, and its supervisor (it drains
+    when that one is gone)."""
 
     index: int
     supervisor_pid: int
+    count: int = 1
 
 
 def worker_settings(settings: Settings, index: int, port: int, http_port: int | None) -> Settings:
@@ -95,14 +98,18 @@ class _Supervisor:
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
         self.restarts = 0
+        self.started: dict[int, float] = {}
 
     def start(self, index: int) -> None:
         settings = worker_settings(self.settings, index, self.port, self.http_port)
         process = self.context.Process(
-            target=_run_worker, args=(settings, Worker(index, os.getpid())), name=f"vaeserve-worker-{index}"
+            target=_run_worker,
+            args=(settings, Worker(index, os.getpid(), self.settings.worker_count)),
+            name=f"vaeserve-worker-{index}",
         )
         process.start()
         self.workers[index] = process
+        self.started[index] = time.monotonic()
 
     def signal(self, signum: int, _frame: FrameType | None = None) -> None:
         if not self.stopping:
@@ -141,6 +148,8 @@ class _Supervisor:
                     self.signal(signal.SIGTERM)
                     code = _CANNOT_SERVE
                     continue
+                if time.monotonic() - self.started[index] > _HEALTHY_S:
+                    delay[index] = _RESTART_DELAY_S[0]
                 log.error(
                     "worker %d (pid %s) exited with %s; restarting it in %.1f s",
                     index,

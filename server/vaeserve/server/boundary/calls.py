@@ -22,6 +22,7 @@ from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.errors import (
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     LimitExceeded,
     ModelNotFound,
@@ -50,6 +51,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (Cancelled, grpc.StatusCode.CANCELLED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 _ID_PREFIX = uuid.uuid4().hex[:8]  # unique per process; a counter makes ids unique within it

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.server.boundary.interceptor import Context
-from vaeserve.server.errors import InvalidArgument
+from vaeserve.server.errors import FailedPrecondition, InvalidArgument
 from vaeserve.server.protocols.v1 import convert
 from vaeserve.server.repository.registry import ModelRegistry
 
@@ -29,8 +29,17 @@ def _deadline(context: Context) -> float | None:
 
 
 class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, workers: int = 1) -> None:
         self.registry = registry
+        self.workers = workers
+
+    def _one_process(self, method: str) -> None:
+        """Model control changes one process's registry: with workers it would reach only one of them."""
+        if self.workers > 1:
+            raise FailedPrecondition(
+                f"{method} would reach only one of this server's {self.workers} workers; change the model "
+                "repository and let --repository-poll-s load it in every worker (or run one worker)"
+            )
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.GetModelInfoResponse:
         async with self.registry.lease(request.model.name, request.model.version) as model:
@@ -83,10 +92,12 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         )
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: Context) -> pb.LoadModelResponse:
+        self._one_process("LoadModel")
         await self.registry.sync([_name(request.name)], explicit=True)
         return pb.LoadModelResponse(models=convert.model_statuses_to_pb(self.registry.entries(request.name)))
 
     async def UnloadModel(self, request: pb.UnloadModelRequest, context: Context) -> pb.UnloadModelResponse:
+        self._one_process("UnloadModel")
         await self.registry.unload(_name(request.name), request.version)
         return pb.UnloadModelResponse(models=convert.model_statuses_to_pb(self.registry.entries(request.name)))
 
