@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ from tests.serving import ServerProcess
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
-from vaeserve.client import Client
+from vaeserve.client import AsyncClient, Client
 from vaeserve.server.settings import Settings, load_settings, usable_cores
 from vaeserve.server.workers import worker_settings
 
@@ -106,6 +107,23 @@ def test_two_workers_answer_on_one_port_and_metrics_add_up(spawn: type[ServerPro
     encodes = re.search(r'vaeserve_requests_total\{code="OK",method="Encode",model="digits"[^}]*\} (\S+)', text)
     assert encodes and float(encodes.group(1)) == 24.0, text
     assert re.search(r"^vaeserve_ready 1\.0$", text, re.M), text
+
+
+def test_a_client_with_several_connections_uses_every_worker(spawn: type[ServerProcess]) -> None:
+    server = spawn("--workers", "2")
+    server.wait_serving()
+    _worker_pids(server, 2)
+    x = np.zeros((64, 64), np.float32)
+    workers = {f"{os.uname().nodename}/w0", f"{os.uname().nodename}/w1"}
+    # 16 connections, each placed by the kernel's hash: all on one worker has odds 2 in 65,536.
+    with Client(server.address, connections=16, batch_size=4) as client:
+        assert set(client.encode(x).served_by.replica.split(",")) == workers
+
+    async def from_asyncio() -> set[str]:
+        async with AsyncClient(server.address, connections=16, batch_size=4) as client:
+            return set((await client.encode(x)).served_by.replica.split(","))
+
+    assert asyncio.run(from_asyncio()) == workers
 
 
 def test_sigterm_drains_every_worker(spawn: type[ServerProcess], worse_bundle: Path, lg: LinearGaussian) -> None:

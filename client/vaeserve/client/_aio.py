@@ -28,8 +28,9 @@ class AsyncClient(ClientBase):
 
     def _open(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._channel = self.config.aio_channel()
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
+        self._channels = [self.config.aio_channel() for _ in range(self.config.connections)]
+        self._stubs = [vae_pb2_grpc.VaeServiceStub(channel) for channel in self._channels]
+        self._channel, self._stub = self._channels[0], self._stubs[0]
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -39,7 +40,8 @@ class AsyncClient(ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close(grace=None)
+        for channel in self._channels:
+            await channel.close(grace=None)
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: Any, timeout: float | None = None) -> Any:
         try:
@@ -50,14 +52,18 @@ class AsyncClient(ClientBase):
 
     async def _batched(
         self,
-        method: Callable[..., Awaitable[Any]],
+        method: str,
         requests: list[Any],
         parse: Callable[[Any], T],
         timeouts: list[float | None] | None = None,
     ) -> list[T]:
+        """Requests of RPC `method`, over the connections in turn; results in request order."""
+        stubs = self._stubs
         async with asyncio.TaskGroup() as group:  # one failure cancels the other calls
             tasks = [
-                group.create_task(self._call(method, r, timeouts[i] if timeouts else None))
+                group.create_task(
+                    self._call(getattr(stubs[i % len(stubs)], method), r, timeouts[i] if timeouts else None)
+                )
                 for i, r in enumerate(requests)
             ]
         return [parse(task.result()) for task in tasks]
@@ -93,13 +99,13 @@ class AsyncClient(ClientBase):
         requests, _ = self._split(
             np.asarray(x), cv.encode_request, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals
         )
-        return concat(await self._batched(self._stub.Encode, requests, cv.encoded))
+        return concat(await self._batched("Encode", requests, cv.encoded))
 
     async def decode(self, z: npt.ArrayLike, *, sample: bool = False, seed: int | None = None) -> Decoded:
         requests, _ = self._split(
             np.asarray(z, dtype=np.float32), cv.decode_request, whole=sample, sample=sample, seed=seed
         )
-        return concat(await self._batched(self._stub.Decode, requests, cv.decoded))
+        return concat(await self._batched("Decode", requests, cv.decoded))
 
     async def sample(self, n: int, *, seed: int | None = None, sample_x: bool = False) -> Sampled:
         request = cv.sample_request(n, self._spec, seed=seed, sample_x=sample_x)
@@ -138,7 +144,7 @@ class AsyncClient(ClientBase):
         )
         requests, sizes = self._score_requests(np.asarray(x), args)
         timeouts = [self._score_timeout(n, args) for n in sizes]
-        return concat(await self._batched(self._stub.Score, requests, cv.scores, timeouts))
+        return concat(await self._batched("Score", requests, cv.scores, timeouts))
 
     async def score_stream(
         self,

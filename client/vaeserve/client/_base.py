@@ -112,13 +112,17 @@ class ClientBase:
         round_robin: bool = False,
         max_message_mb: int = 64,
         token: str | None = None,
+        connections: int = 1,
     ) -> None:
         """`target` is host:port, or dns:///name:port with `round_robin` to spread calls over replicas;
         `timeout` is each call's deadline in seconds (None: none; "auto": 60 s, and a Score call's grows
         by a second per DRAWS_PER_S importance draws it asks for); arrays go in requests of `batch_size` inputs, with
         up to `concurrency` in flight; `model` and `version`, when given, must match the served model;
         calls answered UNAVAILABLE are retried up to `retries` times with exponential backoff; `token` is
-        sent as a bearer token with every call (a server started with --auth-tokens needs one)."""
+        sent as a bearer token with every call (a server started with --auth-tokens needs one);
+        `connections` opens that many connections and spreads a batched call's requests over them in turn,
+        raising `concurrency` to at least as many (a server with --workers serves each connection in one
+        worker: give a few per worker, since the kernel spreads connections over workers at random)."""
         self.config = ChannelConfig(
             target=target,
             tls=tls,
@@ -126,11 +130,12 @@ class ClientBase:
             round_robin=round_robin,
             max_message_mb=max_message_mb,
             token=token,
+            connections=max(1, connections),
         )
         self.auto_timeout = timeout == "auto"
         self.timeout: float | None = AUTO_TIMEOUT_S if timeout == "auto" else timeout
         self.batch_size = batch_size
-        self.concurrency = max(1, concurrency)
+        self.concurrency = max(1, concurrency, connections)  # every connection gets a request in flight
         self._spec: pb.ModelSpec = cv.model_spec(model, version)
         self._open()
 

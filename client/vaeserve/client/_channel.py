@@ -51,6 +51,7 @@ class ChannelConfig:
     max_message_mb: int = 64
     round_robin: bool = False  # spread calls over every address the target resolves to (e.g. dns:///service:50051)
     token: str | None = None  # sent as `authorization: Bearer <token>` with every call
+    connections: int = 1  # channels of their own (a server's workers each take some of them)
 
     def options(self) -> list[tuple[str, Any]]:
         config: dict[str, Any] = {}
@@ -82,6 +83,8 @@ class ChannelConfig:
         ]
         if self.tls and self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        if self.connections > 1:  # else gRPC shares one connection among channels to the same address
+            options.append(("grpc.use_local_subchannel_pool", 1))
         return options
 
     def channel(self) -> grpc.Channel:

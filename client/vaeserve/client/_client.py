@@ -35,8 +35,9 @@ class Client(ClientBase):
     """
 
     def _open(self) -> None:
-        self._channel = self.config.channel()
-        self._stub = vae_pb2_grpc.VaeServiceStub(self._channel)
+        self._channels = [self.config.channel() for _ in range(self.config.connections)]
+        self._stubs = [vae_pb2_grpc.VaeServiceStub(channel) for channel in self._channels]
+        self._channel, self._stub = self._channels[0], self._stubs[0]
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -46,7 +47,8 @@ class Client(ClientBase):
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -56,14 +58,15 @@ class Client(ClientBase):
 
     def _batched(
         self,
-        method: Any,
+        method: str,
         requests: list[Any],
         parse: Callable[[Any], T],
         progress: Progress | None,
         sizes: list[int],
         timeouts: list[float | None] | None = None,
     ) -> list[T]:
-        """Sends requests with up to `concurrency` in flight; results in request order."""
+        """Sends requests of RPC `method` with up to `concurrency` in flight, over the connections in turn;
+        results in request order."""
         pending: deque[Any] = deque()
         results: list[T] = []
         total, done = sum(sizes), 0
@@ -77,7 +80,8 @@ class Client(ClientBase):
 
         try:
             for i, request in enumerate(requests):
-                pending.append(method.future(request, timeout=timeouts[i] if timeouts else self.timeout))
+                call = getattr(self._stubs[i % len(self._stubs)], method)
+                pending.append(call.future(request, timeout=timeouts[i] if timeouts else self.timeout))
                 if len(pending) >= self.concurrency:
                     collect()
             while pending:
@@ -145,14 +149,14 @@ class Client(ClientBase):
         requests, sizes = self._split(
             np.asarray(x), cv.encode_request, n_samples=n_samples, seed=seed, resample=resample, proposals=proposals
         )
-        return concat(self._batched(self._stub.Encode, requests, cv.encoded, None, sizes))
+        return concat(self._batched("Encode", requests, cv.encoded, None, sizes))
 
     def decode(self, z: npt.ArrayLike, *, sample: bool = False, seed: int | None = None) -> Decoded:
         """Parameters of p(x|z); with sample, also x ~ p(x|z) (row i uses row i of the seed's noise, so one request)."""
         requests, sizes = self._split(
             np.asarray(z, dtype=np.float32), cv.decode_request, whole=sample, sample=sample, seed=seed
         )
-        return concat(self._batched(self._stub.Decode, requests, cv.decoded, None, sizes))
+        return concat(self._batched("Decode", requests, cv.decoded, None, sizes))
 
     def sample(self, n: int, *, seed: int | None = None, sample_x: bool = False) -> Sampled:
         """z ~ N(0, I), decoded; with sample_x, also x ~ p(x|z)."""
@@ -200,7 +204,7 @@ class Client(ClientBase):
         )
         requests, sizes = self._score_requests(np.asarray(x), args)
         timeouts = [self._score_timeout(n, args) for n in sizes]
-        return concat(self._batched(self._stub.Score, requests, cv.scores, progress, sizes, timeouts))
+        return concat(self._batched("Score", requests, cv.scores, progress, sizes, timeouts))
 
     def score_stream(
         self,

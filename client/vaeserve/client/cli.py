@@ -37,6 +37,7 @@ _CONNECTION_DEFAULTS: dict[str, Any] = {
     "tls_key": None,
     "tls_server_name": None,
     "token": None,
+    "connections": 1,
 }
 
 
@@ -51,6 +52,12 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         help="deadline per call in seconds (default: 60 s, and a score request's grows with its inputs x K)",
     )
     p.add_argument("--round-robin", action="store_true", default=s, help="spread calls over every address")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=s,
+        help="connections to spread a command's requests over (a server's --workers each serve some; default 1)",
+    )
     p.add_argument("--tls-ca", type=Path, default=s, help="PEM CA bundle to verify the server (enables TLS)")
     p.add_argument("--tls-cert", type=Path, default=s, help="PEM client certificate (mutual TLS)")
     p.add_argument("--tls-key", type=Path, default=s, help="PEM client key (mutual TLS)")
@@ -146,7 +153,15 @@ def _client(args: argparse.Namespace, **kw: Any) -> Client:
     kw.setdefault("model", getattr(args, "model", None))  # only the commands that send requests to a model
     kw.setdefault("version", getattr(args, "model_version", None))
     timeout: float | Literal["auto"] = "auto" if args.timeout is None else args.timeout
-    return Client(args.target, timeout=timeout, tls=tls, round_robin=args.round_robin, token=args.token, **kw)
+    return Client(
+        args.target,
+        timeout=timeout,
+        tls=tls,
+        round_robin=args.round_robin,
+        token=args.token,
+        connections=args.connections,
+        **kw,
+    )
 
 
 def _info(args: argparse.Namespace) -> int:
