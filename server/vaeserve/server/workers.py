@@ -189,6 +189,8 @@ def _serve_metrics(host: str, port: int, metrics_dir: str) -> None:
 def supervise(settings: Settings) -> int:
     """Runs `settings.worker_count` workers until SIGTERM or SIGINT; returns the process's exit code."""
     count = settings.worker_count
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise OSError("--workers needs SO_REUSEPORT to share a port (Linux); run one worker here")
     with contextlib.ExitStack() as stack:
         port = stack.enter_context(_reserved(settings.host, settings.port))
         http_port = None
