@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.client.files import DataFileError, read_array
+from vaeserve.client.files import DataFileError, is_numeric_row, read_array
 from vaeserve.server.engine.inputs import InputChecker
 from vaeserve.server.errors import InvalidArgument
 
@@ -155,7 +155,7 @@ def _count_csv(path: Path, label_column: str | None) -> tuple[int, tuple[int, ..
         first = next((row for row in reader if row), None)
         if first is None:
             raise DataFileError(f"{path}: the file is empty")
-        rows = sum(1 for row in reader if row) + int(_numeric(first))
+        rows = sum(1 for row in reader if row) + int(is_numeric_row(first))
     if rows == 0:
         raise DataFileError(f"{path}: no data rows")
     return rows, (len(first) - (label_column is not None),)
@@ -231,11 +231,3 @@ def _read_parquet(path: Path, label_column: str | None) -> np.ndarray:
         row = int(np.argwhere(bad)[0][0])
         raise DataFileError(f"{path}: {int(bad.sum())} null, NaN or infinite values (first in row {row})")
     return x
-
-
-def _numeric(row: list[str]) -> bool:
-    try:
-        [float(v) for v in row]
-    except ValueError:
-        return False
-    return True

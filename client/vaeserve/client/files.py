@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataFileError", "read_array", "read_labels"]
+__all__ = ["DataFileError", "is_numeric_row", "read_array", "read_labels"]
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -64,7 +64,7 @@ def _read_label_column(path: Path) -> np.ndarray:
         except (OSError, UnicodeDecodeError) as exc:
             raise DataFileError(f"{path}: not a readable labels file ({exc})") from exc
         try:
-            labels = np.array([float(v) for v in lines[0 if lines and _numeric(lines[:1]) else 1 :]])
+            labels = np.array([float(v) for v in lines[0 if lines and is_numeric_row(lines[:1]) else 1 :]])
         except ValueError as exc:
             raise DataFileError(f"{path}: labels must be numbers, one per line ({exc})") from exc
     if np.any(labels != np.round(labels)):
@@ -97,7 +97,7 @@ def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
         raise DataFileError(f"{path}: not a readable CSV file ({exc})") from exc
     if not rows:
         raise DataFileError(f"{path}: the file is empty")
-    header = None if _numeric(rows[0]) else rows[0]
+    header = None if is_numeric_row(rows[0]) else rows[0]
     body = rows[1:] if header else rows
     width = len(rows[0])
     label_index = None
@@ -128,7 +128,8 @@ def _read_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndar
     return np.delete(values, label_index, axis=1), values[:, label_index].astype(np.int64)
 
 
-def _numeric(row: list[str]) -> bool:
+def is_numeric_row(row: list[str]) -> bool:
+    """A CSV row of numbers only: a first row that is not is the header (readers and row counters agree)."""
     try:
         [float(v) for v in row]
     except ValueError:
