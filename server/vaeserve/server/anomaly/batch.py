@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,13 @@ class Batch:
     reused: tuple[np.ndarray, np.ndarray | None] | None = None
     _main: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, init=False, repr=False)
     _background_nll: np.ndarray | None = field(default=None, init=False, repr=False)
+    _scores: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+
+    def score(self, name: str, compute: Callable[[Batch], np.ndarray]) -> np.ndarray:
+        """A named score of this batch, computed once (`combined` reads scores also asked for by name)."""
+        if name not in self._scores:
+            self._scores[name] = compute(self)
+        return self._scores[name]
 
     @property
     def manifest(self) -> Manifest:

@@ -44,4 +44,4 @@ class Combined:
         calibration = batch.manifest.calibration
         assert calibration is not None and calibration.standardization is not None
         spec = calibration.standardization
-        return spec.combine({name: self.components[name].compute(batch) for name in spec.components})
+        return spec.combine({name: batch.score(name, self.components[name].compute) for name in spec.components})

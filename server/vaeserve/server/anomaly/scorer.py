@@ -81,7 +81,7 @@ class AnomalyScorer:
         calibration = self.calibration
         assert calibration is not None
         batch = self._batch(x, names, calibration.k, calibration.seed, check, reused)
-        return {name: SCORE_FNS[name].compute(batch) for name in names}
+        return {name: batch.score(name, SCORE_FNS[name].compute) for name in names}
 
     def judge(self, raw: dict[str, np.ndarray], names: Sequence[str], alpha: float) -> list[AnomalyResult]:
         """Percentiles, conformal p-values and flags at level alpha of the scores `names` of `raw`."""
@@ -134,7 +134,7 @@ class AnomalyScorer:
         them; with a standardization (fixed on other normal rows: `standardize`), `combined` as well."""
         names = [name for name in self.computable() if name != "combined"]
         batch = self._batch(x, names, k, seed, check, None)
-        raw = {name: SCORE_FNS[name].compute(batch) for name in names}
+        raw = {name: batch.score(name, SCORE_FNS[name].compute) for name in names}
         if standardization is not None:
             raw["combined"] = standardization.combine(raw)
         scores = {name: sorted(values.tolist()) for name, values in raw.items()}
