@@ -11,6 +11,7 @@ import torch
 from tests.bundles import Encoder, LinearGaussian
 from vaeserve.training.models import VAE, VAEConfig
 from vaeserve.training.objectives import elbo, iwae_bound, kl_weight
+from vaeserve.training.train import epoch_scale
 
 
 class LinearVAE(VAE):
@@ -85,3 +86,11 @@ def test_discretized_logistic_likelihood_against_scipy() -> None:
     lo, hi = np.where(x <= w / 2, -np.inf, x - w / 2), np.where(x >= 1 - w / 2, np.inf, x + w / 2)
     want = np.log(logistic.cdf(hi, mean, s) - logistic.cdf(lo, mean, s)).sum(axis=1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-8)  # scipy subtracts CDFs: a few digits lost
+
+
+def test_epoch_scale_gives_a_small_training_set_enough_updates() -> None:
+    assert epoch_scale(88, 64, 8) == 4  # 2 batches per pass
+    assert epoch_scale(250, 100, 8) == 3  # 3 batches
+    assert epoch_scale(1257, 64, 8) == 1  # 20 batches: the full data sets are left alone
+    assert epoch_scale(5, 64, 8) == 8
+    assert epoch_scale(88, 64, 0) == 1  # off: counts taken literally

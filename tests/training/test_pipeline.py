@@ -11,6 +11,7 @@ import pytest
 from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine.bundle import load_bundle, update_manifest
 from vaeserve.server.engine.results import ScoreOptions
+from vaeserve.training import cli
 from vaeserve.training.cli import main
 from vaeserve.training.pipeline import bundle_splits, cpu_engine, cpu_scorer
 
@@ -292,3 +293,18 @@ def test_28x28_images_train_the_convolutional_model_unless_told(tmp_path: Path) 
         assert main([*args, *flags, "--eval-k", "4", "--calib-k", "4", "--no-progress"]) == 0
         m = load_bundle(out).manifest
         assert m.training is not None and m.training.architecture["kind"] == kind
+
+
+def test_a_small_training_set_gets_the_presets_epochs_scaled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One class of digits (88 training rows, 2 batches of 64) trains 4 passes per preset epoch; flags are literal."""
+    monkeypatch.setitem(cli.PRESETS, "digits", cli.Preset(latent=4, epochs=2, batch_size=64, warmup=1, patience=50))
+    quick = ["--eval-k", "16", "--calib-k", "16", "--no-progress"]
+    assert main(["train", "digits", "--classes", "8", "--out", str(tmp_path / "scaled"), *quick]) == 0
+    t = load_bundle(tmp_path / "scaled").manifest.training
+    assert t is not None and t.n_train == 88
+    assert t.epochs == 8  # 2 preset epochs x ceil(8 / 2 batches); patience 200 never ends it early
+    assert t.choices["epochs"].startswith("at most 8, warm-up 4, patience 200: 2 / 1 / 50 x 4")
+    args = ["train", "digits", "--classes", "8", "--out", str(tmp_path / "literal"), "--epochs", "3", *quick]
+    assert main(args) == 0
+    t = load_bundle(tmp_path / "literal").manifest.training
+    assert t is not None and t.epochs == 3 and "epochs" not in t.choices

@@ -194,6 +194,14 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
         image=data.image,
     )
     choices = {**data.choices, "split": splits.rule, **({"model": picked} if picked else {})}
+    if history.epoch_scale > 1:
+        t, s = config.train, history.epoch_scale
+        choices["epochs"] = (
+            f"at most {t.epochs * s}, warm-up {t.warmup_epochs * s}, patience {t.patience * s}: {t.epochs} / "
+            f"{t.warmup_epochs} / {t.patience} x {s}, as {len(train)} training rows make "
+            f"{math.ceil(len(train) / t.batch_size)} batches of {t.batch_size} per epoch, fewer than {t.min_batches} "
+            "(set --epochs, --warmup or --patience to take the counts as given)"
+        )
     if config.background:
         bundle = _train_background(config, model_config, splits, name, staging)
         choices["background"] = (

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from vaeserve.training.models import VAE
 from vaeserve.training.objectives import elbo, iwae_bound, kl_weight
 
-__all__ = ["History", "TrainConfig", "fit", "resolve_device", "seed_everything"]
+__all__ = ["History", "TrainConfig", "epoch_scale", "fit", "resolve_device", "seed_everything"]
 
 
 @dataclass
@@ -28,6 +28,8 @@ class TrainConfig:
     k: int = 1  # samples per input for the IWAE objective
     warmup_epochs: int = 10  # KL weight rises linearly to 1 over these epochs
     patience: int = 20  # epochs without a better validation ELBO before stopping (after warm-up)
+    # An epoch of fewer batches counts as a fraction of one (epoch_scale); 0 takes the counts above literally.
+    min_batches: int = 0
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -39,6 +41,7 @@ class History:
     val_elbo: list[float] = field(default_factory=list)
     best_epoch: int = 0
     epochs: int = 0
+    epoch_scale: int = 1  # passes over the training rows per configured epoch
     duration_s: float = 0.0
 
 
@@ -71,6 +74,20 @@ def validation_elbo(model: VAE, x: torch.Tensor, seed: int, batch_size: int = 10
     return total / len(x)
 
 
+def epoch_scale(n_rows: int, batch_size: int, min_batches: int) -> int:
+    """Passes over the training rows that make one epoch of `fit`.
+
+    Epoch counts tuned on a full data set mean few updates on a subset of it: one class of digits (88 rows)
+    is 2 batches of 64, so a 20-epoch warm-up and a 40-epoch patience are 40 and 80 updates, and training
+    stopped undertrained (validation ELBO still rising). Multiplying epochs, warm-up and patience by
+    ceil(min_batches / batches) gives a small training set at least `min_batches` updates per epoch.
+    """
+    if min_batches <= 0:
+        return 1
+    batches = max(1, math.ceil(n_rows / batch_size))
+    return max(1, math.ceil(min_batches / batches))
+
+
 def fit(model: VAE, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> History:
     """Trains in place and leaves the model at its best validation ELBO. Inputs are model-space arrays."""
     seed_everything(config.seed)
@@ -82,12 +99,12 @@ def fit(model: VAE, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> 
     shuffle = torch.Generator().manual_seed(config.seed)
     history, best, best_state = History(), -math.inf, copy.deepcopy(model.state_dict())
     started = time.perf_counter()
+    scale = history.epoch_scale = epoch_scale(len(x_train), config.batch_size, config.min_batches)
+    epochs, warmup, patience = config.epochs * scale, config.warmup_epochs * scale, config.patience * scale
     # disable=None: a bar only on a terminal (logs and pipes get the summary alone)
-    bar = tqdm(
-        range(config.epochs), desc="training", unit="epoch", disable=None if config.progress else True, leave=False
-    )
+    bar = tqdm(range(epochs), desc="training", unit="epoch", disable=None if config.progress else True, leave=False)
     for epoch in bar:
-        beta = kl_weight(epoch, config.warmup_epochs)
+        beta = kl_weight(epoch, warmup)
         order = torch.randperm(len(x_train), generator=shuffle).to(device)
         losses = []
         for start in range(0, len(order), config.batch_size):
@@ -111,7 +128,7 @@ def fit(model: VAE, train: np.ndarray, val: np.ndarray, config: TrainConfig) -> 
             best, history.best_epoch = val_elbo, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{history.train_loss[-1]:.2f}", val_elbo=f"{val_elbo:.2f}", best=history.best_epoch)
-        if beta >= 1.0 and epoch + 1 - history.best_epoch >= config.patience:
+        if beta >= 1.0 and epoch + 1 - history.best_epoch >= patience:
             break
     if history.best_epoch == 0:  # stopped before warm-up ended: keep the last state
         history.best_epoch, best_state = history.epochs, copy.deepcopy(model.state_dict())
