@@ -53,7 +53,7 @@ proto: $(DEV_STAMP)
 models: $(DEV_STAMP)
 	$(VENV)/bin/vaeserve-train train digits --out models/digits --split 0.1,0.1,0.1
 	$(VENV)/bin/vaeserve-train train mnist5k --out models/mnist5k --model mlp
-	$(VENV)/bin/vaeserve-train train breast-cancer --out models/breast-cancer
+	$(VENV)/bin/vaeserve-train train breast-cancer --out models/breast-cancer --split 0.1,0,0.1
 
 bench: $(DEV_STAMP)
 	$(VENV)/bin/python -m bench $(ARGS)

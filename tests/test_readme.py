@@ -7,6 +7,7 @@ import re
 from tests.conftest import REPO
 from vaeserve.api.manifest import (
     Calibration,
+    CrossFit,
     Estimate,
     ImageLayout,
     Manifest,
@@ -34,7 +35,16 @@ def test_every_model_setting_is_documented() -> None:
 
 
 def test_every_manifest_field_is_documented() -> None:
-    for model in (Manifest, Preprocessing, ImageLayout, TrainingSummary, Calibration, Standardization, Estimate):
+    for model in (
+        Manifest,
+        Preprocessing,
+        ImageLayout,
+        TrainingSummary,
+        Calibration,
+        Standardization,
+        Estimate,
+        CrossFit,
+    ):
         for name in model.model_fields:
             assert f"`{name}`" in README or f".{name}`" in README, (
                 f"README's bundle format lacks {model.__name__}.{name}"

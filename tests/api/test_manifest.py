@@ -36,7 +36,9 @@ def test_a_valid_manifest() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"format_version": 2}, "unsupported bundle format_version 2"),
+        ({"format_version": 3}, "unsupported bundle format_version 3; this release reads 1 and 2"),
+        ({"format_version": 2}, "format_version 2 needs members"),
+        ({"members": ["member-0", "member-1"]}, "members and cross_fit need format_version 2"),
         ({"sha256": {"encoder.onnx": HASH}}, "needs the sha256 of decoder.onnx"),
         ({"sha256": {"encoder.onnx": "xyz", "decoder.onnx": HASH}}, "64 lowercase hex digits"),
         ({"preprocessing": {"shift": [0.0, 1.0], "scale": [1.0]}}, "needs 1 or 4"),

@@ -14,6 +14,7 @@ from vaeserve.batch.cli import main
 from vaeserve.batch.inputs import DataFileError, plan_inputs, read_rows
 from vaeserve.batch.scoring import RowScorer, ScoreSpec, batch_rows, row_seeds
 from vaeserve.client import Client
+from vaeserve.server.serving.policy import AnomalyPlan
 
 pytestmark = pytest.mark.batch
 
@@ -89,9 +90,9 @@ def test_row_seed_is_the_seed_plus_the_global_index_mod_2_64() -> None:
 
 
 def test_batches_fit_the_draw_budget_and_feed_every_actor(scorer: RowScorer) -> None:
-    elbo = ScoreSpec(k=1, seed=0, alpha=0.01, anomaly_scores=())
-    iwae = ScoreSpec(k=1000, seed=0, alpha=0.01, anomaly_scores=())
-    with_anomaly = ScoreSpec(k=1000, seed=0, alpha=0.01, anomaly_scores=("nll",))
+    elbo = ScoreSpec(k=1, seed=0, alpha=0.01, plan=AnomalyPlan())
+    iwae = ScoreSpec(k=1000, seed=0, alpha=0.01, plan=AnomalyPlan())
+    with_anomaly = ScoreSpec(k=1000, seed=0, alpha=0.01, plan=AnomalyPlan(("nll",)))
     assert batch_rows(elbo, scorer.manifest, 10_000_000, 2) == 65_536
     assert batch_rows(elbo, scorer.manifest, 100_000, 2) == 12_500  # four batches per actor, not 65,536 and a rest
     assert batch_rows(iwae, scorer.manifest, 100_000, 2) == 65
@@ -109,3 +110,14 @@ def test_defaults_are_the_servers(scorer: RowScorer, serve: Callable[..., Runnin
     assert spec.alpha == pytest.approx(info.defaults["alpha"])
     assert spec.anomaly_scores == info.default_anomaly_scores
     assert scorer.spec(anomaly_scores=()).anomaly_scores == ()
+
+
+def test_the_anomaly_rule_is_the_servers(scorer: RowScorer, serve: Callable[..., RunningServer]) -> None:
+    """K=1 gets no anomaly pass unless scores are named (the server's rule), with the server's warning."""
+    server = serve(DIGITS)
+    spec = scorer.spec(k=1)
+    assert spec.anomaly_scores == () and spec.draws_per_row(scorer.manifest) == 1
+    with Client(server.address) as client:
+        reply = client.score(np.zeros((2, 64)), k=1)
+    assert reply.anomalies == {} and list(reply.warnings) == list(spec.warnings)
+    assert scorer.spec(k=1, anomaly_scores=("nll",)).anomaly_scores == ("nll",)

@@ -40,7 +40,7 @@ def test_every_column_is_a_typed_field_of_scores() -> None:
 
 
 def test_columns_follow_the_table() -> None:
-    scores = cv.scores(_reply({"estimate", "prior", "anomaly", "adaptive"}))
+    scores = cv.scores(_reply({"estimate", "prior", "anomaly", "adaptive", "ensemble"}))
     assert list(scores.columns()) == [c.name for c in SCORE_COLUMNS]
     for i, column in enumerate(SCORE_COLUMNS):
         value = getattr(scores, column.name)

@@ -97,7 +97,7 @@ def test_recalibrate_on_other_normal_data(trained: Path, tmp_path: Path) -> None
 
 def test_compare_with_classical_density_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bc"
-    assert main(["train", "breast-cancer", "--out", str(out), *QUICK]) == 0
+    assert main(["train", "breast-cancer", "--out", str(out), "--folds", "1", *QUICK]) == 0
     capsys.readouterr()
     assert main(["compare", str(out), "--k", "64"]) == 0
     text = capsys.readouterr().out
@@ -168,6 +168,8 @@ def test_a_csv_with_a_label_column_can_be_evaluated_later(tmp_path: Path) -> Non
                 "4",
                 "--out",
                 str(out),
+                "--folds",
+                "1",
                 *QUICK,
             ]
         )
@@ -298,7 +300,7 @@ def test_28x28_images_train_the_convolutional_model_unless_told(tmp_path: Path) 
 def test_a_small_training_set_gets_the_presets_epochs_scaled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One class of digits (88 training rows, 2 batches of 64) trains 4 passes per preset epoch; flags are literal."""
     monkeypatch.setitem(cli.PRESETS, "digits", cli.Preset(latent=4, epochs=2, batch_size=64, warmup=1, patience=50))
-    quick = ["--eval-k", "16", "--calib-k", "16", "--no-progress"]
+    quick = ["--eval-k", "16", "--calib-k", "16", "--no-progress", "--folds", "1"]
     assert main(["train", "digits", "--classes", "8", "--out", str(tmp_path / "scaled"), *quick]) == 0
     t = load_bundle(tmp_path / "scaled").manifest.training
     assert t is not None and t.n_train == 88

@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument(
         "--anomaly-scores",
         type=_names,
-        help="anomaly scores, e.g. nll,reconstruction, or none (default: the model's; together they add a pass "
-        "at the calibration's K per row, two with likelihood_ratio)",
+        help="anomaly scores, e.g. nll,reconstruction, or none (default: the model's at its calibration's K and "
+        "seed, as the server gives them, and none at another --k or --seed; together they add a pass at the "
+        "calibration's K per row, two with likelihood_ratio)",
     )
     sc.add_argument("--prior-estimate", action="store_true", help="also the naive estimate with z ~ p(z)")
     sc.add_argument("--label-column", help="CSV or Parquet column to leave out (labels)")
@@ -87,7 +88,7 @@ def _score(args: argparse.Namespace) -> int:
         anomaly_scores=args.anomaly_scores,
         prior_estimate=args.prior_estimate,
     )
-    for warning in scorer.scorer.warnings(spec.alpha) if spec.anomaly_scores else []:
+    for warning in [*spec.warnings, *(scorer.scorer.warnings(spec.alpha) if spec.anomaly_scores else [])]:
         print(f"warning: {warning}", file=sys.stderr)
     plan = plan_inputs(args.inputs, scorer.manifest, label_column=args.label_column)
     if not args.out.parent.is_dir():

@@ -109,6 +109,7 @@ class InputScore:
     is_anomaly: bool | None
     p_value: float | None = None
     pareto_k: float = float("nan")
+    disagreement: float | None = None  # ensembles only
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ class Scores:
     bits_per_dim: np.ndarray
     gap: np.ndarray
     gap_se: np.ndarray
+    disagreement: np.ndarray | None  # ensembles only: the spread of the members' log p(x)
     k_used: np.ndarray | None
     prior_log_px: np.ndarray | None
     prior_log_px_se: np.ndarray | None
@@ -207,6 +209,7 @@ class Scores:
             is_anomaly=None if self.is_anomaly is None else bool(self.is_anomaly[i]),
             p_value=opt(self.p_value),
             pareto_k=float(self.pareto_k[i]),
+            disagreement=opt(self.disagreement),
         )
 
     def __iter__(self) -> Iterator[InputScore]:

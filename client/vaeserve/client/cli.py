@@ -192,6 +192,11 @@ def _info_rows(info: ModelInfo) -> list[tuple[str, str]]:
         ("input shape", " x ".join(map(str, info.input_shape))),
         ("latent dim", str(info.latent_dim)),
         ("likelihood", info.likelihood),
+        *(
+            [("ensemble", f"{len(m.members)} cross-fitted members (Encode, Decode and Sample use member 0)")]
+            if m.members
+            else []
+        ),
         ("execution provider", info.execution_provider),
         ("replica", info.served_by.replica),
         ("limits", ", ".join(f"{k} {v}" for k, v in info.limits.items())),
@@ -213,12 +218,13 @@ def _info_rows(info: ModelInfo) -> list[tuple[str, str]]:
         ]
     if m.calibration:
         c = m.calibration
-        q = np.quantile(c.sorted_scores("nll"), [0.5, 0.99]) if "nll" in c.scores else (np.nan, np.nan)
+        q = [c.quantile(p, "nll") for p in (0.5, 0.99)] if "nll" in c.scores else [np.nan, np.nan]
+        crossfit = f", cross-fitted over {c.members} members" if c.members > 1 else ""
         rows.append(
             (
                 "calibration",
-                f"{c.n} inputs of {c.dataset}, {c.estimator} K={c.k}, nll median {q[0]:.2f}, 99th pct {q[1]:.2f}; "
-                f"smallest alpha {c.min_alpha:.3g}",
+                f"{c.n} inputs of {c.dataset}{crossfit}, {c.estimator} K={c.k}, nll median {q[0]:.2f}, 99th pct "
+                f"{q[1]:.2f}; smallest alpha {c.min_alpha:.3g}",
             )
         )
     served = [name for name, reason in info.anomaly_scores.items() if not reason]
@@ -367,7 +373,8 @@ def _summary(scores: Scores, seconds: float) -> dict[str, Any]:
         summary["pareto k > 0.7"] = unreliable
     for name, a in scores.anomalies.items():
         summary[f"flagged by {name} (alpha {a.alpha:g})"] = int(a.is_anomaly.sum())
-        summary[f"{name} threshold"] = round(a.threshold, 4) if np.isfinite(a.threshold) else None
+        if not np.isnan(a.threshold):  # NaN: a cross-fitted ensemble's p-values have no one threshold
+            summary[f"{name} threshold"] = round(a.threshold, 4) if np.isfinite(a.threshold) else None
     if scores.typicality is not None:
         t = scores.typicality
         summary["typicality p-value"] = round(t.p_value, 4)

@@ -28,7 +28,7 @@ __all__ = [
     "columns_of",
 ]
 
-Group = Literal["estimate", "prior", "anomaly", "adaptive"]
+Group = Literal["estimate", "prior", "anomaly", "adaptive", "ensemble"]
 Dtype = Literal["float64", "bool", "int64"]
 
 
@@ -38,7 +38,8 @@ class ScoreColumn:
     dtype: Dtype
     meaning: str
     # estimate: in every reply; prior: with prior_estimate; anomaly: the first requested anomaly score
-    # (unless skip_anomaly, and when calibrated); adaptive: with target_se
+    # (unless skip_anomaly, and when calibrated); adaptive: with target_se; ensemble: from a model of
+    # several members only (absent, not zero, for a single model)
     group: Group = "estimate"
     field: str = ""  # its path in ScoreResponse, when not the name itself
     v2: str = ""  # its output name in the Open Inference Protocol, when not the name itself
@@ -67,6 +68,13 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
     ScoreColumn("bits_per_dim", "float64", "-log_px / (D ln 2)"),
     ScoreColumn("gap", "float64", "log_px - elbo: an estimate of KL(q(z|x) || p(z|x))"),
     ScoreColumn("gap_se", "float64", "standard error of the gap (conservative)"),
+    ScoreColumn(
+        "disagreement",
+        "float64",
+        "standard deviation over the ensemble's members of their log p(x) estimates, nats: where they disagree, "
+        "the input is unlike what they were trained on (ensembles only)",
+        "ensemble",
+    ),
     ScoreColumn("k_used", "int64", "draws used for this input (adaptive K: target_se)", "adaptive"),
     ScoreColumn("prior_log_px", "float64", "naive Monte Carlo estimate of log p(x), z ~ p(z)", "prior"),
     ScoreColumn("prior_log_px_se", "float64", "standard error of prior_log_px", "prior"),

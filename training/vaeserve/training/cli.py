@@ -11,15 +11,27 @@ from typing import Literal
 
 import numpy as np
 
+from vaeserve.api.manifest import Calibration, TrainingSummary
 from vaeserve.client.files import DataFileError
 from vaeserve.client.tables import format_table
-from vaeserve.server.engine.bundle import BundleError, load_bundle, update_manifest
+from vaeserve.server.engine import EnsembleEngine
+from vaeserve.server.engine.bundle import Bundle, BundleError, load_bundle, update_manifest
 from vaeserve.training.baselines import compare
+from vaeserve.training.crossfit import calibrate_members
 from vaeserve.training.data import load_dataset, select_classes
 from vaeserve.training.evaluate import active_units, calibrate, evaluate, save_pictures
 from vaeserve.training.export import ExportError
 from vaeserve.training.models import VAEConfig
-from vaeserve.training.pipeline import RunConfig, bundle_splits, cpu_engine, cpu_scorer, load_for_bundle, run
+from vaeserve.training.pipeline import (
+    RunConfig,
+    RunReport,
+    bundle_folds,
+    bundle_splits,
+    cpu_engine,
+    cpu_scorer,
+    load_for_bundle,
+    run,
+)
 from vaeserve.training.train import TrainConfig
 
 __all__ = ["main"]
@@ -107,6 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_floats,
         metavar="VAL,CALIB,TEST",
         help="fractions of the rows held out (default: 10 %% each, calibration raised toward 300 rows within 30 %%)",
+    )
+    t.add_argument(
+        "--folds",
+        type=int,
+        help="cross-fitted members: the normal rows are dealt into F folds, member f trains on the others and "
+        "calibrates on fold f, so every row trains F-1 members and calibrates once (default: 5 below 1,000 "
+        "normal rows, else 1; 1: one model with a held-out calibration split). With F > 1, --split VAL,CALIB,TEST "
+        "is each member's validation share, rows that calibrate but train no member, and rows held out from all",
     )
     t.add_argument(
         "--background",
@@ -233,9 +253,10 @@ def _train(args: argparse.Namespace) -> None:
             background=args.background,
             background_noise=args.background_noise,
             dataset=data,
+            folds=args.folds,
         )
     )
-    m, h, summary = report.bundle.manifest, report.history, report.bundle.manifest.training
+    m, summary = report.bundle.manifest, report.bundle.manifest.training
     assert summary is not None
     rows = [
         ("bundle", str(report.bundle.path)),
@@ -244,11 +265,7 @@ def _train(args: argparse.Namespace) -> None:
             f"{m.name}:{m.version}, {model.kind} {model.hidden if model.kind == 'mlp' else model.channels}, "
             f"latent {m.latent_dim}, {m.likelihood}",
         ),
-        ("epochs", f"{h.epochs} (best {h.best_epoch}), {h.duration_s:.1f} s training"),
-        (
-            "train / val / calib / test",
-            f"{summary.n_train} / {summary.n_val} / {report.calibration.n} / {summary.n_test}",
-        ),
+        *_run_rows(report, summary),
         ("test ELBO", f"{report.test_elbo.elbo:.3f} ± {report.test_elbo.elbo_se:.3f} nats"),
         (f"test IWAE log p(x), K={report.test.k}", f"{report.test.log_px:.3f} ± {report.test.log_px_se:.3f} nats"),
         ("active units", f"{report.active_units} of {m.latent_dim}"),
@@ -265,9 +282,32 @@ def _train(args: argparse.Namespace) -> None:
     print(format_table(["", ""], rows, title="vaeserve-train summary"))
 
 
+def _run_rows(report: RunReport, summary: TrainingSummary) -> list[tuple[str, str]]:
+    m, h = report.bundle.manifest, report.history
+    if m.cross_fit is None:
+        return [
+            ("epochs", f"{h.epochs} (best {h.best_epoch}), {h.duration_s:.1f} s training"),
+            (
+                "train / val / calib / test",
+                f"{summary.n_train} / {summary.n_val} / {report.calibration.n} / {summary.n_test}",
+            ),
+        ]
+    cf = m.cross_fit
+    return [
+        ("members", f"{cf.folds}, {summary.duration_s:.1f} s training in all, {summary.epochs} epochs at most"),
+        ("rows per member", f"train {' / '.join(map(str, cf.n_train))}; validation {' / '.join(map(str, cf.n_val))}"),
+        ("calib / test", f"{report.calibration.n} (every training row, once) / {summary.n_test}"),
+    ]
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
     splits = bundle_splits(bundle, args.data)
+    if not len(splits.test):
+        raise ValueError(
+            f"{bundle.path}: the ensemble held out no test rows (every row trained members and calibrated one; its "
+            "summary's figures are out of fold); train with --split VAL,CALIB,TEST to hold some out"
+        )
     engine = cpu_engine(bundle)
     rows = [
         (r.k, r.log_px, r.log_px_se, r.elbo, r.elbo_se, r.mc_se, r.ess)
@@ -290,6 +330,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _calibrate(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
+    if bundle.manifest.ensemble and not args.add:
+        _recalibrate_ensemble(bundle, args)
+        return
     current = bundle.manifest.calibration
     k = args.k or (current.k if current else 1000)
     standardize_on = None
@@ -327,8 +370,45 @@ def _calibrate(args: argparse.Namespace) -> None:
             standardization=None if standardize_on else current.standardization if current else None,
         )
         done = f"recalibrated {bundle.path} on {len(raw)} inputs of {name}"
+    _report_calibration(bundle, calibration, done)
+
+
+def _recalibrate_ensemble(bundle: Bundle, args: argparse.Namespace) -> None:
+    """An ensemble's calibration again: on its own folds (new K or seed), or on DATA's rows, which no member
+    trained on, dealt to the members in turn (each keeps the standardization of its validation rows)."""
+    current = bundle.manifest.calibration
+    engine = cpu_engine(bundle)
+    assert isinstance(engine, EnsembleEngine)
+    k = args.k or (current.k if current else 1000)
+    members = engine.size
+    if args.data is None:
+        folds = bundle_folds(bundle)
+        rows = [folds.calib(f) for f in range(members)]
+        val = [folds.member(f)[1] for f in range(members)]
+        name = f"{folds.data.name} (each member's fold)"
+    else:
+        data = load_for_bundle(bundle, args.data, labels=args.labels)
+        raw = data.x if args.classes is None else select_classes(data, list(args.classes))
+        rows, name = [raw[f::members] for f in range(members)], data.name
+        val = None
+        if current is None or current.standardizations is None:
+            own = bundle_folds(bundle)
+            val = [own.member(f)[1] for f in range(members)]
+    calibration = calibrate_members(
+        engine,
+        rows,
+        k=k,
+        seed=args.seed,
+        dataset=name,
+        val_rows=val,
+        standardizations=current.standardizations if current and val is None else None,
+    )
+    _report_calibration(bundle, calibration, f"recalibrated the {members} members of {bundle.path} on {name}")
+
+
+def _report_calibration(bundle: Bundle, calibration: Calibration, done: str) -> None:
     update_manifest(bundle.path, calibration=calibration.model_dump())
-    q = np.quantile(calibration.sorted_scores("nll"), [0.5, 0.95, 0.99])
+    q = np.quantile(calibration.scores["nll"], [0.5, 0.95, 0.99])
     print(
         f"{done} (K={calibration.k}, seed {calibration.seed}; scores {', '.join(calibration.scores)}): "
         f"-log p(x) median {q[0]:.2f}, 95th pct {q[1]:.2f}, 99th pct {q[2]:.2f}; "

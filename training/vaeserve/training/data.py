@@ -26,6 +26,7 @@ __all__ = [
     "Dataset",
     "Likelihood",
     "Splits",
+    "fit_preprocessing",
     "load_dataset",
     "make_splits",
     "select_classes",
@@ -173,7 +174,7 @@ def make_splits(
         raise DataError(f"{data.name}: {n} rows are too few to split into train, val, calib and test")
     order = np.random.default_rng(seed).permutation(n)
     val, calib, test, train = np.split(x[order], np.cumsum([n_val, n_calib, n_test]))
-    splits = Splits(train, val, calib, test, _fit_preprocessing(data, train))
+    splits = Splits(train, val, calib, test, fit_preprocessing(data, train))
     splits.rule = f"{len(train)} / {n_val} / {n_calib} / {n_test} train / val / calib / test ({rule})"
     return splits
 
@@ -260,7 +261,7 @@ def _value_range(
     )
 
 
-def _fit_preprocessing(data: Dataset, train: np.ndarray) -> Preprocessing:
+def fit_preprocessing(data: Dataset, train: np.ndarray) -> Preprocessing:
     if data.likelihood in BOUNDED:
         lo, hi = data.value_range or (0.0, 1.0)
         return Preprocessing(shift=[lo], scale=[1.0 / (hi - lo)])

@@ -16,7 +16,7 @@ import numpy as np
 from vaeserve.api.manifest import Calibration, Estimate, Standardization
 from vaeserve.client.images import save_grid
 from vaeserve.server.anomaly import AnomalyScorer
-from vaeserve.server.engine.engine import Engine
+from vaeserve.server.engine import Engine, EnsembleEngine
 from vaeserve.server.engine.results import ScoreOptions
 
 __all__ = ["KRow", "active_units", "calibrate", "evaluate", "save_pictures"]
@@ -42,7 +42,7 @@ def _mean_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-def evaluate(engine: Engine, raw: np.ndarray, ks: list[int], seed: int) -> list[KRow]:
+def evaluate(engine: Engine | EnsembleEngine, raw: np.ndarray, ks: list[int], seed: int) -> list[KRow]:
     x = engine.prepare(raw)
     seeds = np.uint64(seed) + np.arange(len(x), dtype=np.uint64)
     rows = []
@@ -55,7 +55,7 @@ def evaluate(engine: Engine, raw: np.ndarray, ks: list[int], seed: int) -> list[
     return rows
 
 
-def active_units(engine: Engine, raw: np.ndarray, threshold: float = 0.01) -> int:
+def active_units(engine: Engine | EnsembleEngine, raw: np.ndarray, threshold: float = 0.01) -> int:
     """Latent units whose posterior mean varies across inputs: Cov_x(E_q[z_u]) > 0.01 (Burda et al., 2016)."""
     mean, _ = engine.encode(engine.prepare(raw))
     return int((mean.astype(np.float64).var(axis=0) > threshold).sum())
@@ -81,7 +81,7 @@ def calibrate(
     )
 
 
-def save_pictures(engine: Engine, raw: np.ndarray, out: Path, *, seed: int, n: int = 32) -> list[Path]:
+def save_pictures(engine: Engine | EnsembleEngine, raw: np.ndarray, out: Path, *, seed: int, n: int = 32) -> list[Path]:
     """PNG grids: inputs above their reconstructions, and samples from the prior (image models only)."""
     manifest = engine.manifest
     if manifest.image is None:

@@ -2,41 +2,43 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from vaeserve.api.manifest import MANIFEST_FILE, Calibration, TrainingSummary
-from vaeserve.server.anomaly import AnomalyScorer
-from vaeserve.server.engine import Bundle, Engine, RuntimeConfig, load_bundle, publish_bundle
+from vaeserve.api.manifest import MANIFEST_FILE, TrainingSummary
+from vaeserve.server.engine import Bundle, load_bundle, publish_bundle
 from vaeserve.server.engine.bundle import sha256_of, staging_dir, update_manifest
+from vaeserve.training.crossfit import run_members
 from vaeserve.training.data import (
     BOUNDED,
     BUILTIN,
     DEFAULT_SPLIT,
     Dataset,
-    Likelihood,
     Splits,
     load_dataset,
     make_splits,
+    select_classes,
 )
-from vaeserve.training.evaluate import KRow, active_units, calibrate, evaluate
+from vaeserve.training.evaluate import active_units, calibrate, evaluate
 from vaeserve.training.export import export_bundle
-from vaeserve.training.models import VAE, VAEConfig, build_model
-from vaeserve.training.train import History, TrainConfig, fit, resolve_device, seed_everything
+from vaeserve.training.fitting import epochs_choice, fit_best, flat
+from vaeserve.training.folds import FoldSplits, default_folds, make_folds
+from vaeserve.training.models import VAEConfig, build_model
+from vaeserve.training.runs import DEFAULT_ALPHA, RunConfig, RunReport, cpu_engine, cpu_scorer, load_run_data
+from vaeserve.training.train import fit, resolve_device, seed_everything
 
 __all__ = [
     "BACKGROUND_DIR",
     "DEFAULT_ALPHA",
     "RunConfig",
     "RunReport",
+    "bundle_folds",
     "bundle_splits",
     "cpu_engine",
     "cpu_scorer",
@@ -46,65 +48,6 @@ __all__ = [
 ]
 
 BACKGROUND_DIR = "background"
-DEFAULT_ALPHA = 0.01  # the server's default level of the anomaly flags
-
-
-@dataclass
-class RunConfig:
-    data: str
-    out: Path
-    model: VAEConfig | None = None  # input shape and likelihood are filled in from the data
-    train: TrainConfig = field(default_factory=TrainConfig)
-    name: str | None = None
-    version: str = "1"
-    classes: list[int] | None = None
-    likelihood: Likelihood | None = None
-    labels: str | None = None
-    label_column: str | None = None
-    image: tuple[int, int, int] | None = None
-    value_range: tuple[float, float] | None = None
-    split: tuple[float, float, float] | None = None  # val, calib, test fractions (default: the rule in data.py)
-    background: bool = False  # also train the likelihood_ratio score's background model
-    background_noise: float = 0.2  # the fraction of features the background model's data has replaced by noise
-    eval_k: int = 5000
-    calib_k: int = 1000
-    calib_seed: int = 0
-    dataset: Dataset | None = None  # already loaded from `data` (the CLI loads it to find the preset)
-
-
-@dataclass
-class RunReport:
-    bundle: Bundle
-    history: History
-    test: KRow
-    test_elbo: KRow
-    active_units: int
-    parity: float
-    calibration: Calibration
-    seconds: float
-
-
-def cpu_engine(bundle: Bundle | Path) -> Engine:
-    """The serving engine on CPU, as training and evaluation use it."""
-    return Engine(bundle if isinstance(bundle, Bundle) else load_bundle(bundle), RuntimeConfig(device="cpu"))
-
-
-def cpu_scorer(bundle: Bundle | Path) -> AnomalyScorer:
-    """The served anomaly scores of a bundle (with its background model, when it has one), on CPU."""
-    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    background = cpu_engine(loaded.background) if loaded.background is not None else None
-    return AnomalyScorer(cpu_engine(loaded), background)
-
-
-def load_run_data(config: RunConfig) -> Dataset:
-    return config.dataset or load_dataset(
-        config.data,
-        likelihood=config.likelihood,
-        labels=config.labels,
-        label_column=config.label_column,
-        image=config.image,
-        value_range=config.value_range,
-    )
 
 
 def _splits(config: RunConfig) -> tuple[Dataset, Splits]:
@@ -131,7 +74,13 @@ def load_for_bundle(
 
 
 def bundle_splits(bundle: Bundle, data: str | None = None) -> Splits:
-    """The splits a bundle was trained with (same data set, seed and classes as its training summary)."""
+    """The splits a bundle was trained with (same data set, seed and classes as its training summary). For an
+    ensemble, member 0's (whose preprocessing the ensemble reports in): its training and validation rows, the
+    rows that calibrate a member but trained none, and the test rows held out from every member."""
+    if bundle.manifest.cross_fit is not None:
+        folds = bundle_folds(bundle, data)
+        train, val = folds.member(0)
+        return Splits(train, val, folds.rows[folds.added], folds.test, bundle.manifest.preprocessing, folds.rule)
     summary = bundle.manifest.training
     source = data or (summary.dataset if summary else None)
     if source is None:
@@ -152,12 +101,39 @@ def bundle_splits(bundle: Bundle, data: str | None = None) -> Splits:
     )
 
 
+def bundle_folds(bundle: Bundle, data: str | None = None) -> FoldSplits:
+    """An ensemble's folds, rebuilt from its data set and the fold of every row its manifest stores."""
+    m = bundle.manifest
+    summary = m.training
+    source = data or (summary.dataset if summary else None)
+    if source is None or m.cross_fit is None:
+        raise ValueError(f"{bundle.path}: no training summary and folds; name the data to use")
+    labels = (summary.labels, summary.label_column) if summary else (None, None)
+    dataset = load_for_bundle(bundle, source, labels=labels[0], label_column=labels[1])
+    classes = summary.classes if summary else None
+    return make_folds(
+        dataset, summary.seed if summary else 0, m.cross_fit.folds, classes=classes, cross_fit=m.cross_fit
+    )
+
+
 def run(config: RunConfig) -> RunReport:
     """Trains, exports, evaluates and calibrates in a hidden staging directory beside `config.out`, then
     publishes the finished bundle there by one rename: a repository being polled never sees half a bundle."""
+    data = load_run_data(config)
+    config.dataset = data
+    rows = len(data.x if config.classes is None else select_classes(data, config.classes))
+    if config.folds is None and config.background:
+        folds, why = 1, "one model: --background trains the likelihood_ratio score of a single model"
+    else:
+        folds, why = (config.folds, f"{config.folds}: --folds") if config.folds is not None else default_folds(rows)
+    if folds < 1:
+        raise ValueError(f"--folds must be at least 1, got {folds}")
+    if folds > 1 and config.background:
+        raise ValueError("--background trains the likelihood_ratio score of a single model; use it with --folds 1")
     staging = staging_dir(config.out)
     try:
-        report = _run(config, staging)
+        config.train.device = resolve_device(config.train.device)
+        report = run_members(config, staging, data, folds, why) if folds > 1 else _run(config, staging, why)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -165,7 +141,7 @@ def run(config: RunConfig) -> RunReport:
     return report
 
 
-def _run(config: RunConfig, staging: Path) -> RunReport:
+def _run(config: RunConfig, staging: Path, why: str) -> RunReport:
     started = time.perf_counter()
     data, splits = _splits(config)
     config.train.device = resolve_device(config.train.device)
@@ -174,15 +150,15 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     if data.likelihood == "logistic":
         model_config.level_width = splits.preprocessing.scale[0]  # one raw level in model space
     pre = splits.preprocessing
-    train = pre.apply(_flat(splits.train)).reshape(splits.train.shape)
-    val = pre.apply(_flat(splits.val)).reshape(splits.val.shape)
-    model, history, model_config, picked = _fit_best(model_config, train, val, config.train)
+    train = pre.apply(flat(splits.train)).reshape(splits.train.shape)
+    val = pre.apply(flat(splits.val)).reshape(splits.val.shape)
+    model, history, model_config, picked = fit_best(model_config, train, val, config.train)
     model = model.cpu()
     name = config.name or data.name.removesuffix(".npy").removesuffix(".csv")
     bundle, parity = export_bundle(
         model,
         staging,
-        pre.apply(_flat(splits.test)),
+        pre.apply(flat(splits.test)),
         name=name,
         version=config.version,
         created=datetime.now(UTC).replace(microsecond=0),
@@ -193,15 +169,9 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
         preprocessing=pre,
         image=data.image,
     )
-    choices = {**data.choices, "split": splits.rule, **({"model": picked} if picked else {})}
+    choices = {**data.choices, "folds": why, "split": splits.rule, **({"model": picked} if picked else {})}
     if history.epoch_scale > 1:
-        t, s = config.train, history.epoch_scale
-        choices["epochs"] = (
-            f"at most {t.epochs * s}, warm-up {t.warmup_epochs * s}, patience {t.patience * s}: {t.epochs} / "
-            f"{t.warmup_epochs} / {t.patience} x {s}, as {len(train)} training rows make "
-            f"{math.ceil(len(train) / t.batch_size)} batches of {t.batch_size} per epoch, fewer than {t.min_batches} "
-            "(set --epochs, --warmup or --patience to take the counts as given)"
-        )
+        choices["epochs"] = epochs_choice(config.train, history, len(train))
     if config.background:
         bundle = _train_background(config, model_config, splits, name, staging)
         choices["background"] = (
@@ -212,9 +182,8 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     (test_iwae,) = evaluate(engine, splits.test, [config.eval_k], seed=config.train.seed)
     test_elbo = test_iwae  # the ELBO columns come from the same K draws per input
     units = active_units(engine, splits.test)
-    background = cpu_engine(bundle.background) if bundle.background is not None else None
     calibration = calibrate(
-        AnomalyScorer(engine, background),
+        cpu_scorer(bundle),
         splits.calib,
         k=config.calib_k,
         seed=config.calib_seed,
@@ -249,43 +218,12 @@ def _run(config: RunConfig, staging: Path) -> RunReport:
     return RunReport(bundle, history, test_iwae, test_elbo, units, parity, calibration, time.perf_counter() - started)
 
 
-def _fit_best(
-    model_config: VAEConfig, train: np.ndarray, val: np.ndarray, train_config: TrainConfig
-) -> tuple[VAE, History, VAEConfig, str]:
-    """Fits the model; with kind "auto", an MLP and a convolutional model (where the image's sides allow one)
-    and keeps the one with the better validation ELBO: normal held-out data only, the same likelihood, so
-    the two are compared in the same units. Returns the model, its history, its config and the choice."""
-    auto = model_config.kind == "auto"
-    kinds: list[Literal["mlp", "conv", "auto"]] = ["mlp", "conv"] if auto else [model_config.kind]
-    if auto and not _conv_fits(model_config):
-        kinds = ["mlp"]
-    fitted = []
-    for kind in kinds:
-        candidate = replace(model_config, kind=kind)
-        seed_everything(train_config.seed)
-        model = build_model(candidate)
-        history = fit(model, train, val, train_config)
-        fitted.append((history.val_elbo[history.best_epoch - 1], kind, model, history, candidate))
-    _, kind, model, history, chosen = max(fitted, key=lambda f: f[0])
-    if not auto:
-        return model, history, chosen, ""
-    if len(fitted) == 1:
-        return model, history, chosen, "mlp: the input is not an image a conv model takes"
-    scores = ", ".join(f"{k} {e:.3f}" for e, k, *_ in fitted)
-    return model, history, chosen, f"{kind}: the better validation ELBO per input ({scores} nats)"
-
-
-def _conv_fits(config: VAEConfig) -> bool:
-    shape, layers = config.input_shape, len(config.channels)
-    return len(shape) == 3 and shape[1] % 2**layers == 0 and shape[2] % 2**layers == 0
-
-
 def _train_background(config: RunConfig, model_config: VAEConfig, splits: Splits, name: str, staging: Path) -> Bundle:
     """Trains the background model on perturbed normal data into staging/background (Ren et al. 2019)."""
     pre = splits.preprocessing
     rng = np.random.default_rng(config.train.seed + 1)
-    train = _perturbed(pre.apply(_flat(splits.train)), config.background_noise, model_config.likelihood, rng)
-    val = _perturbed(pre.apply(_flat(splits.val)), config.background_noise, model_config.likelihood, rng)
+    train = _perturbed(pre.apply(flat(splits.train)), config.background_noise, model_config.likelihood, rng)
+    val = _perturbed(pre.apply(flat(splits.val)), config.background_noise, model_config.likelihood, rng)
     seed_everything(config.train.seed + 1)
     model = build_model(model_config)
     fit(
@@ -298,7 +236,7 @@ def _train_background(config: RunConfig, model_config: VAEConfig, splits: Splits
     export_bundle(
         model,
         staging / BACKGROUND_DIR,
-        pre.apply(_flat(splits.test)),
+        pre.apply(flat(splits.test)),
         name=f"{name}-background",
         version=config.version,
         created=datetime.now(UTC).replace(microsecond=0),
@@ -323,7 +261,3 @@ def _perturbed(x: np.ndarray, rate: float, likelihood: str, rng: np.random.Gener
     bounded = likelihood in BOUNDED
     noise = rng.random(x.shape).astype(np.float32) if bounded else x[rng.integers(0, len(x), size=len(x))]
     return np.where(replace_mask, noise, x).astype(np.float32)
-
-
-def _flat(x: np.ndarray) -> np.ndarray:
-    return x.reshape(len(x), int(math.prod(x.shape[1:])))

@@ -925,6 +925,7 @@ class ScoreResponse(_message.Message):
     ANOMALIES_FIELD_NUMBER: _builtins.int
     TYPICALITY_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    DISAGREEMENT_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     seed: _builtins.int
     @_builtins.property
@@ -1015,6 +1016,12 @@ class ScoreResponse(_message.Message):
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What a user should know before trusting these numbers (e.g. a calibration too small for alpha)."""
 
+    @_builtins.property
+    def disagreement(self) -> Global___Tensor:
+        """Ensembles only (unset for a single model): the standard deviation over the members of their log p(x)
+        estimates, nats. It grows where the input is unlike the data the members were trained on.
+        """
+
     def __init__(
         self,
         *,
@@ -1045,10 +1052,11 @@ class ScoreResponse(_message.Message):
         anomalies: _abc.Iterable[Global___Anomaly] | None = ...,
         typicality: Global___Typicality | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        disagreement: Global___Tensor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "k_used", b"k_used", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "pareto_k", b"pareto_k", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term", "typicality", b"typicality", "unreliable", b"unreliable"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "disagreement", b"disagreement", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "k_used", b"k_used", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "pareto_k", b"pareto_k", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term", "typicality", b"typicality", "unreliable", b"unreliable"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "k", b"k", "k_used", b"k_used", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "pareto_k", b"pareto_k", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term", "seed", b"seed", "typicality", b"typicality", "unreliable", b"unreliable", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies", b"anomalies", "anomaly", b"anomaly", "bits_per_dim", b"bits_per_dim", "disagreement", b"disagreement", "elbo", b"elbo", "elbo_se", b"elbo_se", "entropy", b"entropy", "ess", b"ess", "expected_log_joint", b"expected_log_joint", "gap", b"gap", "gap_se", b"gap_se", "header", b"header", "k", b"k", "k_used", b"k_used", "kl", b"kl", "log_px", b"log_px", "log_px_se", b"log_px_se", "pareto_k", b"pareto_k", "per_dim", b"per_dim", "prior_ess", b"prior_ess", "prior_log_px", b"prior_log_px", "prior_log_px_se", b"prior_log_px_se", "reconstruction", b"reconstruction", "reconstruction_term", b"reconstruction_term", "seed", b"seed", "typicality", b"typicality", "unreliable", b"unreliable", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

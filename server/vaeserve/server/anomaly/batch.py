@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vaeserve.api.manifest import Manifest
+from vaeserve.api.manifest import Manifest, Standardization
 from vaeserve.server.engine import Check, Engine, no_check
 
 __all__ = ["Batch"]
@@ -30,6 +30,7 @@ class Batch:
     need_sq_err: bool = False
     check: Check = no_check
     reused: tuple[np.ndarray, np.ndarray | None] | None = None
+    standardization: Standardization | None = None  # the calibration's, for `combined`
     _main: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, init=False, repr=False)
     _background_nll: np.ndarray | None = field(default=None, init=False, repr=False)
     _scores: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)

@@ -36,12 +36,11 @@ class Combined:
 
     def unavailable(self, manifest: Manifest, background: Engine | None) -> str | None:
         calibration = manifest.calibration
-        if calibration is None or calibration.standardization is None:
+        if calibration is None or (calibration.standardization or calibration.standardizations) is None:
             return "the calibration has no standardization of its components (vaeserve-train calibrate adds it)"
         return None
 
     def compute(self, batch: Batch) -> np.ndarray:
-        calibration = batch.manifest.calibration
-        assert calibration is not None and calibration.standardization is not None
-        spec = calibration.standardization
+        spec = batch.standardization
+        assert spec is not None
         return spec.combine({name: batch.score(name, self.components[name].compute) for name in spec.components})

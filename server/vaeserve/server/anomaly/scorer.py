@@ -9,6 +9,7 @@ every input), which makes a new normal input's score exchangeable with the calib
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from vaeserve.server.anomaly.nll import Nll
 from vaeserve.server.anomaly.reconstruction import Reconstruction
 from vaeserve.server.anomaly.results import AnomalyResult, TypicalityResult
 from vaeserve.server.anomaly.typicality import typicality
-from vaeserve.server.engine import Check, Engine, no_check
+from vaeserve.server.engine import Check, Engine, ScoreResult, no_check
 from vaeserve.server.errors import InvalidArgument
 
 __all__ = ["SCORE_FNS", "AnomalyScorer", "alpha_of"]
@@ -33,14 +34,29 @@ SCORE_FNS: dict[str, AnomalyScoreFn] = {**_SINGLE, "combined": Combined(_SINGLE)
 
 
 class AnomalyScorer:
-    def __init__(self, engine: Engine, background: Engine | None = None) -> None:
+    """One model's scores. `calibration` overrides the manifest's (an ensemble's member reads its own part)."""
+
+    ensemble = False
+
+    def __init__(
+        self, engine: Engine, background: Engine | None = None, calibration: Calibration | None = None
+    ) -> None:
         self.engine = engine
         self.background = background
         self.manifest = engine.manifest
+        self._calibration = calibration
 
     @property
     def calibration(self) -> Calibration | None:
-        return self.manifest.calibration
+        return self._calibration or self.manifest.calibration
+
+    def aggregate(self, raw: np.ndarray) -> np.ndarray:
+        """The score a reply shows of `raw`'s values ([B] here; an ensemble's [B, F] members' scores)."""
+        return raw
+
+    def reusable(self, result: ScoreResult) -> Any:
+        """What the anomaly pass can take from a request's own pass at the calibration's K and seed."""
+        return (-result["log_px"], result.sq_err)
 
     def computable(self) -> list[str]:
         """The scores this model can compute (calibrated or not), in the table's order."""
@@ -94,7 +110,7 @@ class AnomalyScorer:
             results.append(
                 AnomalyResult(
                     name=name,
-                    score=score,
+                    score=self.aggregate(score),
                     percentile=calibration.percentile(score, name),
                     p_value=p_value,
                     is_anomaly=p_value <= alpha + 1e-12,
@@ -172,7 +188,9 @@ class AnomalyScorer:
         reused: tuple[np.ndarray, np.ndarray | None] | None,
     ) -> Batch:
         need_sq_err = any(SCORE_FNS[name].needs_sq_err for name in names)
-        return Batch(x, self.engine, self.background, k, seed, need_sq_err, check, reused)
+        calibration = self.calibration
+        standardization = calibration.standardization if calibration else None
+        return Batch(x, self.engine, self.background, k, seed, need_sq_err, check, reused, standardization)
 
 
 def _center_scale(values: np.ndarray) -> tuple[float, float]:

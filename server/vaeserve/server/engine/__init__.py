@@ -4,8 +4,17 @@ Everything a number depends on lives here; serving, training and the benchmarks 
 through this package's names.
 """
 
-from vaeserve.server.engine.bundle import Bundle, BundleError, load_bundle, publish_bundle, save_bundle, sha256_of
+from vaeserve.server.engine.bundle import (
+    Bundle,
+    BundleError,
+    load_bundle,
+    publish_bundle,
+    save_bundle,
+    save_ensemble,
+    sha256_of,
+)
 from vaeserve.server.engine.engine import Check, Engine, no_check
+from vaeserve.server.engine.ensemble import EnsembleEngine, open_engine
 from vaeserve.server.engine.noise import NoiseCache
 from vaeserve.server.engine.results import ScoreOptions, ScoreResult
 from vaeserve.server.engine.runtime import ProviderUnavailable, RuntimeConfig
@@ -15,6 +24,7 @@ __all__ = [
     "BundleError",
     "Check",
     "Engine",
+    "EnsembleEngine",
     "NoiseCache",
     "ProviderUnavailable",
     "RuntimeConfig",
@@ -22,7 +32,9 @@ __all__ = [
     "ScoreResult",
     "load_bundle",
     "no_check",
+    "open_engine",
     "publish_bundle",
     "save_bundle",
+    "save_ensemble",
     "sha256_of",
 ]

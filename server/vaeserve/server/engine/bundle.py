@@ -1,4 +1,4 @@
-"""Loading a model bundle and checking it fully against the format-1 contract.
+"""Loading a model bundle and checking it fully against its format's contract (1: one model; 2: an ensemble).
 
 Everything a bundle can get wrong is reported as a ``BundleError`` that names the file
 and the problem, before any session is created.
@@ -25,6 +25,7 @@ from vaeserve.api.manifest import (
     ENCODER_FILE,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
+    ENSEMBLE_FORMAT_VERSION,
     FORMAT_VERSION,
     MANIFEST_FILE,
     Manifest,
@@ -36,6 +37,7 @@ __all__ = [
     "load_bundle",
     "publish_bundle",
     "save_bundle",
+    "save_ensemble",
     "sha256_of",
     "staging_dir",
     "update_manifest",
@@ -53,6 +55,8 @@ class Bundle:
     encoder: onnx.ModelProto
     decoder: onnx.ModelProto
     background: Bundle | None = None  # the likelihood_ratio score's background model, when there is one
+    # A cross-fitted ensemble's members (format 2); encoder and decoder are then member 0's.
+    members: tuple[Bundle, ...] = ()
 
 
 def sha256_of(path: Path) -> str:
@@ -71,6 +75,8 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{ENCODER_FILE} and {DECODER_FILE}"
         )
     manifest = _read_manifest(root / MANIFEST_FILE)
+    if manifest.ensemble:
+        return _read_ensemble(root, manifest)
     encoder = _read_model(root / ENCODER_FILE, manifest.sha256[ENCODER_FILE])
     decoder = _read_model(root / DECODER_FILE, manifest.sha256[DECODER_FILE])
     lead = (None,)
@@ -102,6 +108,60 @@ def _read_background(root: Path, manifest: Manifest) -> Bundle | None:
             f"(input_shape {b.input_shape} vs {manifest.input_shape}, and the same preprocessing)"
         )
     return background
+
+
+def _read_ensemble(root: Path, manifest: Manifest) -> Bundle:
+    """The members, hash-checked: format-1 bundles of the same inputs, latents and likelihood as member 0,
+    whose shapes and preprocessing the ensemble's manifest repeats."""
+    assert manifest.members is not None
+    members = []
+    for f, folder in enumerate(manifest.members):
+        relative = manifest.member_manifest(f)
+        _check_hash(root / relative, manifest.sha256[relative])
+        member = load_bundle(root / folder)
+        m = member.manifest
+        if m.ensemble or m.background is not None or m.calibration is not None:
+            raise BundleError(f"{root / relative}: a member is a plain model (no members, background or calibration)")
+        members.append(member)
+    first = members[0].manifest
+    for f, member in enumerate(members):
+        m = member.manifest
+        same = (m.input_shape, m.latent_dim, m.likelihood, m.image) == (
+            manifest.input_shape,
+            manifest.latent_dim,
+            manifest.likelihood,
+            manifest.image,
+        )
+        if not same:
+            raise BundleError(
+                f"{root / manifest.members[f]}: every member takes the ensemble's inputs and latents "
+                f"(input_shape {m.input_shape} vs {manifest.input_shape}, latent_dim {m.latent_dim} vs "
+                f"{manifest.latent_dim}, likelihood {m.likelihood} vs {manifest.likelihood}, and the image layout)"
+            )
+    if first.preprocessing != manifest.preprocessing:
+        raise BundleError(f"{root / MANIFEST_FILE}: the ensemble's preprocessing must be member 0's")
+    return Bundle(root, manifest, members[0].encoder, members[0].decoder, None, tuple(members))
+
+
+def save_ensemble(path: str | Path, **fields: Any) -> Bundle:
+    """Writes the manifest of an ensemble whose members are already written as format-1 bundles in
+    path/member-<f>/ (their hashes, shapes and preprocessing from member 0's manifest), then loads it back."""
+    root = Path(path)
+    folders = sorted((p for p in root.glob("member-*") if (p / MANIFEST_FILE).is_file()), key=lambda p: int(p.name[7:]))
+    first = _read_manifest(folders[0] / MANIFEST_FILE)
+    inherited = {key: getattr(first, key) for key in ("input_shape", "latent_dim", "likelihood", "preprocessing")}
+    manifest = Manifest.model_validate(
+        {
+            "format_version": ENSEMBLE_FORMAT_VERSION,
+            **{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in inherited.items()},
+            "image": first.image.model_dump() if first.image else None,
+            **fields,
+            "members": [p.name for p in folders],
+            "sha256": {f"{p.name}/{MANIFEST_FILE}": sha256_of(p / MANIFEST_FILE) for p in folders},
+        }
+    )
+    _write_manifest(root, manifest)
+    return load_bundle(root)
 
 
 def save_bundle(path: str | Path, encoder: onnx.ModelProto, decoder: onnx.ModelProto, **fields: Any) -> Bundle:

@@ -42,7 +42,7 @@ from vaeserve.server.engine.results import ScoreOptions, ScoreResult
 from vaeserve.server.engine.runtime import RuntimeConfig, SizedRunner, choose_providers
 from vaeserve.server.errors import InvalidArgument
 
-__all__ = ["Check", "Engine", "no_check"]
+__all__ = ["Check", "Engine", "no_check", "score_adaptive"]
 
 Check = Callable[[], None]
 # Built and warmed up at load; other combinations (per_dim with sq_err) are built on first use.
@@ -208,31 +208,7 @@ class Engine:
             raise InvalidArgument(f"k must be at least 1, got {options.k}")
         if options.target_se is None:
             return self._score_fixed(x, options, seeds, check)
-        return self._score_adaptive(x, options, seeds, check)
-
-    def _score_adaptive(self, x: np.ndarray, options: ScoreOptions, seeds: np.ndarray, check: Check) -> ScoreResult:
-        """Doubles K for the inputs whose log_px_se is above target_se, up to max_k.
-
-        Each round scores the inputs still open from scratch with the first K draws of their seeds,
-        so an input's numbers are exactly those of a plain request at its k_used (and never depend
-        on the other inputs); the cost is at most twice that of the last round.
-        """
-        assert options.target_se is not None
-        cap = max(options.max_k or options.k, options.k)
-        k, open_rows = options.k, np.arange(len(x))
-        k_used = np.zeros(len(x), np.int64)
-        result: ScoreResult | None = None
-        while True:
-            part = self._score_fixed(x[open_rows], replace(options, k=k, target_se=None), seeds[open_rows], check)
-            result = part.expanded(len(x), open_rows) if result is None else result.put(open_rows, part)
-            k_used[open_rows] = k
-            done = (part["log_px_se"] <= options.target_se) | (k >= cap)
-            open_rows = open_rows[~done]
-            if not len(open_rows):
-                break
-            k = min(2 * k, cap)
-        result.columns["k_used"] = k_used
-        return result
+        return score_adaptive(self._score_fixed, x, options, seeds, check)
 
     def _score_fixed(self, x: np.ndarray, options: ScoreOptions, seeds: np.ndarray, check: Check) -> ScoreResult:
         k = options.k
@@ -385,6 +361,37 @@ class Engine:
             self._estimate(x, 2, np.zeros(2, np.uint64), variant, no_check)
             self._estimate(big, 2, np.zeros(len(big), np.uint64), variant, no_check)
         self._estimate(x, 32, np.zeros(2, np.uint64), Variant("posterior"), no_check)  # the Pareto tail fit
+
+
+def score_adaptive(
+    score_fixed: Callable[[np.ndarray, ScoreOptions, np.ndarray, Check], ScoreResult],
+    x: np.ndarray,
+    options: ScoreOptions,
+    seeds: np.ndarray,
+    check: Check,
+) -> ScoreResult:
+    """Doubles K for the inputs whose log_px_se is above target_se, up to max_k.
+
+    Each round scores the inputs still open from scratch with the first K draws of their seeds,
+    so an input's numbers are exactly those of a plain request at its k_used (and never depend
+    on the other inputs); the cost is at most twice that of the last round.
+    """
+    assert options.target_se is not None
+    cap = max(options.max_k or options.k, options.k)
+    k, open_rows = options.k, np.arange(len(x))
+    k_used = np.zeros(len(x), np.int64)
+    result: ScoreResult | None = None
+    while True:
+        part = score_fixed(x[open_rows], replace(options, k=k, target_se=None), seeds[open_rows], check)
+        result = part.expanded(len(x), open_rows) if result is None else result.put(open_rows, part)
+        k_used[open_rows] = k
+        done = (part["log_px_se"] <= options.target_se) | (k >= cap)
+        open_rows = open_rows[~done]
+        if not len(open_rows):
+            break
+        k = min(2 * k, cap)
+    result.columns["k_used"] = k_used
+    return result
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:

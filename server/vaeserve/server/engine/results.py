@@ -31,7 +31,12 @@ class ScoreResult:
     columns: dict[str, np.ndarray]
     per_dim: np.ndarray | None = None  # [B, *input_shape]
     reconstruction: np.ndarray | None = None  # [B, *input_shape]
-    sq_err: np.ndarray | None = field(default=None, repr=False)  # [B], with ScoreOptions.sq_err
+    sq_err: np.ndarray | None = field(
+        default=None, repr=False
+    )  # [B] ([B, F] for an ensemble), with ScoreOptions.sq_err
+    # An ensemble's members' -log p(x) [B, F], each in its own model space: their anomaly nll, when the
+    # request's K and seed are the calibration's.
+    member_nll: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         unknown = self.columns.keys() - _KNOWN
@@ -52,6 +57,7 @@ class ScoreResult:
             per_dim=_take(self.per_dim, rows),
             reconstruction=_take(self.reconstruction, rows),
             sq_err=_take(self.sq_err, rows),
+            member_nll=_take(self.member_nll, rows),
         )
 
     def expanded(self, n: int, index: np.ndarray) -> ScoreResult:
@@ -69,17 +75,22 @@ class ScoreResult:
             grow(self.per_dim),
             grow(self.reconstruction),
             grow(self.sq_err),
+            grow(self.member_nll),
         )
 
     def put(self, index: np.ndarray, part: ScoreResult) -> ScoreResult:
         """Writes part's rows over this result's rows at `index`; returns self."""
         for name, value in part.columns.items():
             self.columns[name][index] = value
-        for mine, theirs in ((self.per_dim, part.per_dim), (self.reconstruction, part.reconstruction)):
+        pairs = (
+            (self.per_dim, part.per_dim),
+            (self.reconstruction, part.reconstruction),
+            (self.sq_err, part.sq_err),
+            (self.member_nll, part.member_nll),
+        )
+        for mine, theirs in pairs:
             if mine is not None and theirs is not None:
                 mine[index] = theirs
-        if self.sq_err is not None and part.sq_err is not None:
-            self.sq_err[index] = part.sq_err
         return self
 
 

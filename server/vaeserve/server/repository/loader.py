@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vaeserve.server.boundary.metrics import Metrics
-from vaeserve.server.engine import Engine, NoiseCache, RuntimeConfig, load_bundle
+from vaeserve.server.engine import Engine, NoiseCache, RuntimeConfig, load_bundle, open_engine
 from vaeserve.server.repository.model_settings import ModelSettings
 from vaeserve.server.serving.model import ServedModel
 from vaeserve.server.serving.work_queue import WorkQueue, nice_this_thread
@@ -43,7 +43,7 @@ class ModelLoader:
             intra_op_threads=settings.intra_op_threads,
             allow_spinning=settings.allow_spinning,
         )
-        engine = Engine(bundle, runtime, chunk_samples=settings.chunk_samples, noise_cache=self.noise_cache)
+        engine = open_engine(bundle, runtime, chunk_samples=settings.chunk_samples, noise_cache=self.noise_cache)
         engine.warm_up()
         background = None
         if bundle.background is not None:
@@ -55,10 +55,11 @@ class ModelLoader:
         if m.name != name:
             log.info("bundle %s names itself %s; served as %s", path, m.name, name)
         log.info(
-            "model %s:%s loaded from %s: %s likelihood, input %s, latent %d, calibration %s; provider %s",
+            "model %s:%s loaded from %s: %s%s likelihood, input %s, latent %d, calibration %s; provider %s",
             name,
             version,
             path,
+            f"an ensemble of {len(m.members)} members, " if m.members else "",
             m.likelihood,
             m.input_shape,
             m.latent_dim,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +21,9 @@ import numpy as np
 
 from vaeserve.api.manifest import Manifest
 from vaeserve.api.scores import ANOMALY_FIELDS, SCORE_COLUMNS
-from vaeserve.server.anomaly import AnomalyScorer, alpha_of
+from vaeserve.server.anomaly import alpha_of, open_scorer
 from vaeserve.server.boundary.metrics import Metrics
-from vaeserve.server.engine import Engine, ScoreOptions, ScoreResult, no_check
+from vaeserve.server.engine import Engine, EnsembleEngine, ScoreOptions, ScoreResult, no_check
 from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded
 from vaeserve.server.serving.batcher import DynamicBatcher
 from vaeserve.server.serving.calls import (
@@ -36,13 +36,22 @@ from vaeserve.server.serving.calls import (
     ScoreCall,
     Scored,
 )
+from vaeserve.server.serving.policy import (
+    FALLBACK_K,
+    AnomalyPlan,
+    anomaly_plan,
+    default_anomaly_scores,
+    draws_per_input,
+    run_score,
+    score_options,
+    scored,
+)
 from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
 
-__all__ = ["FALLBACK_K", "Defaults", "Lease", "Limits", "ServedModel", "default_anomaly_scores"]
+__all__ = ["Defaults", "Lease", "Limits", "ServedModel"]
 
 T = TypeVar("T")
-FALLBACK_K = 1000
 
 
 @dataclass(frozen=True)
@@ -62,28 +71,7 @@ class Defaults:
     anomaly_scores: tuple[str, ...]  # what a Score request gets when it names none (the first fills `anomaly`)
 
 
-@dataclass(frozen=True)
-class _AnomalyPlan:
-    """The anomaly part of a Score request: which scores, the typicality test, and whether the
-    request's own pass (the calibration's K and seed) gives their nll."""
-
-    names: tuple[str, ...] = ()
-    typicality: bool = False
-    reuse: bool = False
-
-    @property
-    def computed(self) -> tuple[str, ...]:
-        return self.names + (("nll",) if self.typicality and "nll" not in self.names else ())
-
-    def extra_k(self, k: int) -> int:
-        """Samples per input the anomaly scores add to the request's own pass (the work queue's cost)."""
-        if not self.computed:
-            return 0
-        own = 0 if self.reuse else k  # the nll pass at the calibration's K, unless the request's pass gives it
-        return own + (k if "likelihood_ratio" in self.names else 0)  # the background model's pass
-
-
-_BatchKey = str | tuple[str, ScoreOptions, _AnomalyPlan]
+_BatchKey = str | tuple[str, ScoreOptions, AnomalyPlan]
 
 
 @dataclass(frozen=True)
@@ -91,7 +79,7 @@ class _ScoreItem:
     x: np.ndarray
     seed: int
     options: ScoreOptions
-    plan: _AnomalyPlan
+    plan: AnomalyPlan
     alpha: float
     deadline: float | None
 
@@ -101,7 +89,7 @@ class ServedModel:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | EnsembleEngine,
         settings: Settings,
         work: WorkQueue,
         *,
@@ -111,7 +99,7 @@ class ServedModel:
         background: Engine | None = None,
     ) -> None:
         self.engine = engine
-        self.scorer = AnomalyScorer(engine, background)
+        self.scorer = open_scorer(engine, background)
         self.manifest: Manifest = engine.manifest
         self.name = name or self.manifest.name
         self.version = version or self.manifest.version
@@ -263,13 +251,22 @@ class ServedModel:
         target_se, max_k = self._adaptive(call, k)
         x = self.prepare(call.x)
         seed = self._seed(call.seed)
-        plan, skipped = self._plan(call, k, seed, adaptive=target_se is not None)
-        options = ScoreOptions(
+        plan, skipped = anomaly_plan(
+            self.scorer,
+            self.defaults.anomaly_scores,
             k=k,
+            seed=seed,
+            adaptive=target_se is not None,
+            anomaly=call.anomaly,
+            names=call.anomaly_scores,
+            typicality=call.typicality,
+        )
+        options = score_options(
+            k,
+            plan,
             prior_estimate=call.prior_estimate,
             per_dim=call.per_dim,
             reconstruction=call.reconstruction,
-            sq_err=plan.reuse and any(n == "reconstruction" for n in plan.names),
             target_se=target_se,
             max_k=max_k,
         )
@@ -292,29 +289,6 @@ class ServedModel:
         if max_k < k:
             raise InvalidArgument(f"max_k={max_k} is below k={k}: adaptive K starts at k and doubles up to max_k")
         return call.target_se, max_k
-
-    def _plan(self, call: ScoreCall, k: int, seed: int, *, adaptive: bool) -> tuple[_AnomalyPlan, str | None]:
-        """Which anomaly scores to compute, and a warning when the defaults were left out."""
-        calibration = self.manifest.calibration
-        asked = bool(call.anomaly_scores) or call.typicality
-        if calibration is None:
-            if asked:
-                raise InvalidArgument("this model has no anomaly calibration: no anomaly scores or typicality test")
-            return _AnomalyPlan(), None
-        free = k == calibration.k and seed == calibration.seed and not adaptive
-        if not call.anomaly:
-            names: tuple[str, ...] = ()
-        elif call.anomaly_scores:
-            names = self.scorer.resolve(call.anomaly_scores)
-        elif free:
-            names = self.defaults.anomaly_scores
-        else:
-            return _AnomalyPlan((), call.typicality, free), (
-                f"no anomaly scores: they use the calibration's K={calibration.k} and seed {calibration.seed}, "
-                f"and this request has K={k}{' (adaptive)' if adaptive else ''} and seed {seed}; "
-                f"name them (anomaly_scores) to compute them in a second pass"
-            )
-        return _AnomalyPlan(names, call.typicality, free), None
 
     # --- execution ------------------------------------------------------------------------------
 
@@ -355,7 +329,7 @@ class ServedModel:
         return (await self._decode_many([z]))[0]
 
     async def _score(self, item: _ScoreItem) -> Scored:
-        cost_k = max(item.options.max_k or item.options.k, item.options.k) + self._extra_k(item.plan)
+        cost_k = draws_per_input(item.options, item.plan, self.manifest)
         self._count("Score", len(item.x), item.options.k)
         if self._batching and cost_k <= self._batch_max_k and item.options.target_se is None:
             # One batcher per kind of work; each request's flags are set at its own alpha afterwards.
@@ -367,10 +341,6 @@ class ServedModel:
             rows=len(item.x) * cost_k,
         )
 
-    def _extra_k(self, plan: _AnomalyPlan) -> int:
-        calibration = self.manifest.calibration
-        return plan.extra_k(calibration.k) if calibration else 0
-
     def _run_score(
         self, items: list[_ScoreItem], check: Callable[[], None]
     ) -> tuple[ScoreResult, dict[str, np.ndarray]]:
@@ -378,27 +348,12 @@ class ServedModel:
         x = np.concatenate([item.x for item in items]) if len(items) > 1 else items[0].x
         seeds = np.concatenate([np.full(len(item.x), item.seed, np.uint64) for item in items])
         first = items[0]
-        result = self.engine.score(x, first.options, seeds, check)
-        raw: dict[str, np.ndarray] = {}
-        if first.plan.computed:
-            reused = (-result["log_px"], result.sq_err) if first.plan.reuse else None
-            raw = self.scorer.raw(x, first.plan.computed, check=check, reused=reused)
-        return result, raw
+        return run_score(self.engine, self.scorer, x, first.options, seeds, first.plan, check)
 
     def _scored(self, item: _ScoreItem, work: tuple[ScoreResult, dict[str, np.ndarray]]) -> Scored:
-        """One request's reply from its rows of the work: flags at its alpha, its typicality test."""
-        result, raw = work
-        plan = item.plan
-        anomalies = self.scorer.judge(raw, plan.names, item.alpha) if plan.names else []
-        typicality = self.scorer.typicality(raw["nll"], item.alpha) if plan.typicality else None
-        warnings = list(self.warnings) if plan.computed else []
-        unreliable = int(np.count_nonzero(result["unreliable"]))
-        if unreliable:
-            warnings.append(
-                f"{unreliable} of {len(result)} inputs have pareto_k > 0.7: their log_px and log_px_se are "
-                "not reliable (raise k, or read the ELBO)"
-            )
-        return Scored(result, item.options, item.seed, anomalies, typicality, warnings)
+        return scored(
+            self.scorer, work, item.options, item.plan, seed=item.seed, alpha=item.alpha, warnings=self.warnings
+        )
 
     def _batcher(self, key: _BatchKey, run: Callable[[list[Any]], Awaitable[list[Any]]]) -> DynamicBatcher[Any, Any]:
         batcher = self._batchers.get(key)
@@ -443,30 +398,13 @@ class ServedModel:
         # The merged run may stop at the last of its callers' deadlines (never, if one has none).
         deadlines = [item.deadline for item in items]
         deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
-        rows = sum(len(item.x) for item in items) * (first.options.k + self._extra_k(first.plan))
+        rows = sum(len(item.x) for item in items) * draws_per_input(first.options, first.plan, self.manifest)
         return await self.call(run, deadline=deadline, rows=rows)
 
     async def close(self) -> None:
         """Stops the batchers; the sessions go with the last reference (the work queue is the process's)."""
         for batcher in self._batchers.values():
             await batcher.close()
-
-
-def default_anomaly_scores(scorer: AnomalyScorer, preferred: Sequence[str] | None = None) -> tuple[str, ...]:
-    """What a Score request gets when it names no anomaly score: `preferred` (the settings'), else the
-    benchmark's choice, kept to what the model serves; else the first score it serves."""
-    served = scorer.served()
-    return tuple(n for n in preferred or _benchmark_choice(scorer.manifest) if n in served) or tuple(served[:1])
-
-
-def _benchmark_choice(manifest: Manifest) -> tuple[str, ...]:
-    """The default set, chosen by `make bench-anomaly`: for images `combined` first (mean AUROC 0.994 digits,
-    0.964 mnist5k, against reconstruction's 0.993 and 0.957, and the only score that flags blank, constant
-    and noise images alike), for tables the nll (0.962 against combined's 0.945 on breast cancer). A model without a
-    standardization (older bundles) gets the others: the list is filtered by what the model serves."""
-    if manifest.image is not None:
-        return ("combined", "reconstruction", "nll", "complexity")
-    return ("nll", "reconstruction", "combined")
 
 
 class Lease:

@@ -100,7 +100,8 @@ def signature(model: ServedModel, kind: str) -> tuple[list[TensorSpec], list[Ten
         return [z], _decoded_specs(model)
     if kind == "sample":
         return [], [z, *_decoded_specs(model)]
-    columns = [TensorSpec(c.v2_name, _V2_TYPE[c.dtype], (-1,)) for c in SCORE_COLUMNS if c.group != "anomaly"]
+    groups = {"estimate", "prior", "adaptive"} | ({"ensemble"} if m.ensemble else set())
+    columns = [TensorSpec(c.v2_name, _V2_TYPE[c.dtype], (-1,)) for c in SCORE_COLUMNS if c.group in groups]
     served = model.scorer.served()
     if served:
         columns += [TensorSpec(c.v2_name, _V2_TYPE[c.dtype], (-1,)) for c in SCORE_COLUMNS if c.group == "anomaly"]
