@@ -3,7 +3,8 @@
 AUROC and average precision depend only on how many normal and anomalous scores sit at each distinct value,
 so both are written as functions of those counts ([..., U] over the U pooled distinct values, ascending).
 A bootstrap resample keeps the same distinct values and only changes the counts: a thousand resamples are
-one bincount and a few cumulative sums over [rounds, U], never a thousand sorts.
+one bincount and a few cumulative sums over [rounds, U], never a thousand sorts. A paired bootstrap (two
+methods' scores of the same rows) applies each round's resampled rows to both methods.
 """
 
 from __future__ import annotations
@@ -80,21 +81,23 @@ def _resamples(rng: np.random.Generator, n: int, m: int, rounds: int) -> Iterato
         yield rng.integers(0, n, (size, n)), rng.integers(0, m, (size, m))
 
 
+def _evaluator(metric: Metric, normal: np.ndarray, anomalous: np.ndarray) -> _Kernel:
+    """(idx_normal [R, n], idx_anomalous [R, m]) -> [R] values of the metric on those resamples; vectorised for
+    auroc and auprc (the distinct values are found once), a loop for any other metric."""
+    normal, anomalous = _scores(normal, anomalous)
+    kernel = _KERNELS.get(metric)
+    if kernel is None:
+        return lambda idx_n, idx_a: np.array([metric(normal[i], anomalous[j]) for i, j in zip(idx_n, idx_a)])
+    codes_n, codes_a, size = _codes(normal, anomalous)
+    return lambda idx_n, idx_a: kernel(_counts(codes_n[idx_n], size), _counts(codes_a[idx_a], size))
+
+
 def _replicates(
     metric: Metric, normal: np.ndarray, anomalous: np.ndarray, n_boot: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """[n_boot] values of the metric on resamples; vectorised for auroc and auprc, a loop for any other metric."""
-    normal, anomalous = _scores(normal, anomalous)
-    kernel = _KERNELS.get(metric)
-    out: list[np.ndarray] = []
-    if kernel is None:
-        for idx_n, idx_a in _resamples(rng, len(normal), len(anomalous), n_boot):
-            out.append(np.array([metric(normal[i], anomalous[j]) for i, j in zip(idx_n, idx_a)]))
-    else:
-        codes_n, codes_a, size = _codes(normal, anomalous)
-        for idx_n, idx_a in _resamples(rng, len(normal), len(anomalous), n_boot):
-            out.append(kernel(_counts(codes_n[idx_n], size), _counts(codes_a[idx_a], size)))
-    return np.concatenate(out)
+    """[n_boot] values of the metric on resamples."""
+    at = _evaluator(metric, normal, anomalous)
+    return np.concatenate([at(i, j) for i, j in _resamples(rng, len(normal), len(anomalous), n_boot)])
 
 
 def _percentiles(replicates: np.ndarray, level: float) -> tuple[float, float]:
@@ -133,6 +136,35 @@ def mean_over_groups_ci(
     mean = float(np.mean([metric(normal, anomalous) for normal, anomalous in groups]))
     rounds = np.mean([_replicates(metric, normal, anomalous, n_boot, rng) for normal, anomalous in groups], axis=0)
     return (mean, *_percentiles(rounds, level))
+
+
+def paired_difference_ci(
+    metric: Metric,
+    first: list[tuple[np.ndarray, np.ndarray]],
+    second: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """(mean, low, high) of metric(first) - metric(second) averaged over groups, two methods' scores of the same
+    rows. Paired: round r resamples each group's normal and anomalous rows once and scores both methods on those
+    same rows, so what the rows share (an easy or a hard split) cancels and only the methods' difference varies."""
+    if not first or len(first) != len(second):
+        raise ValueError(
+            f"need the same non-zero number of groups for both methods, got {len(first)} and {len(second)}"
+        )
+    for (n1, a1), (n2, a2) in zip(first, second):
+        if len(n1) != len(n2) or len(a1) != len(a2):
+            raise ValueError("paired groups must score the same rows: normal and anomalous lengths differ")
+    rng = np.random.default_rng(seed)
+    mean = float(np.mean([metric(*one) - metric(*two) for one, two in zip(first, second)]))
+    rounds = []
+    for one, two in zip(first, second):
+        at_one, at_two = _evaluator(metric, *one), _evaluator(metric, *two)
+        draws = _resamples(rng, len(one[0]), len(one[1]), n_boot)
+        rounds.append(np.concatenate([at_one(i, j) - at_two(i, j) for i, j in draws]))
+    return (mean, *_percentiles(np.mean(rounds, axis=0), level))
 
 
 def _binomial_tail(log_pmf_terms: np.ndarray, p: float, n: int, keep: np.ndarray) -> float:

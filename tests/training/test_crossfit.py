@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from vaeserve.api.manifest import member_draws
-from vaeserve.server.engine import ScoreOptions, load_bundle
+from vaeserve.server.engine import Engine, ScoreOptions, load_bundle
+from vaeserve.training import crossfit
 from vaeserve.training.cli import main
 from vaeserve.training.data import load_dataset
 from vaeserve.training.pipeline import bundle_folds, bundle_splits, cpu_scorer
@@ -107,3 +108,20 @@ def test_a_small_table_calibrates_on_every_row_and_members_never_see_their_fold(
         np.testing.assert_allclose(member.manifest.preprocessing.shift, train.mean(axis=0))
         assert not np.allclose(member.manifest.preprocessing.shift, table.mean(axis=0))
     assert bundle.manifest.preprocessing == bundle.members[0].manifest.preprocessing
+
+
+def test_members_trained_side_by_side_equal_those_trained_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes (one per core) train the same members as training them one by one (to float rounding:
+    a worker runs torch on one thread)."""
+    rows = np.random.default_rng(1).normal(size=(60, 3))
+    np.save(tmp_path / "table.npy", rows)
+    args = [str(tmp_path / "table.npy"), "--latent", "2", "--calib-k", "10", "--folds", "3", *QUICK]
+    assert main(["train", *args, "--out", str(tmp_path / "in-turn")]) == 0
+    monkeypatch.setattr(crossfit, "_WORTH_A_WORKER", 0)
+    assert main(["train", *args, "--out", str(tmp_path / "side-by-side")]) == 0
+    x = rows.astype(np.float32)
+    for f in range(3):
+        mine, theirs = (Engine(load_bundle(tmp_path / run / f"member-{f}")) for run in ("in-turn", "side-by-side"))
+        np.testing.assert_allclose(mine.encode(x)[0], theirs.encode(x)[0], rtol=1e-4, atol=1e-5)

@@ -9,10 +9,14 @@ rows, when --split holds some out).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +32,7 @@ from vaeserve.training.fitting import epochs_choice, fit_best, flat
 from vaeserve.training.folds import FoldSplits, make_folds
 from vaeserve.training.models import VAEConfig
 from vaeserve.training.runs import DEFAULT_ALPHA, RunConfig, RunReport, cpu_engine
-from vaeserve.training.train import History
+from vaeserve.training.train import History, TrainConfig
 
 __all__ = ["calibrate_members", "run_members"]
 
@@ -40,35 +44,38 @@ def run_members(config: RunConfig, staging: Path, data: Dataset, folds: int, why
     model_config.input_shape, model_config.likelihood = data.input_shape, data.likelihood
     name = config.name or data.name.removesuffix(".npy").removesuffix(".csv")
     created = datetime.now(UTC).replace(microsecond=0)
-    histories: list[History] = []
-    parity, picked = 0.0, ""
+    jobs = []
     for f in range(folds):
         train_raw, val_raw = splits.member(f)
         pre = splits.preprocessing(f)
+        member_config = replace(model_config)
         if data.likelihood == "logistic":
-            model_config.level_width = pre.scale[0]
-        train = pre.apply(flat(train_raw)).reshape(train_raw.shape)
-        val = pre.apply(flat(val_raw)).reshape(val_raw.shape)
-        seeded = replace(config.train, seed=config.train.seed + f)  # members differ in their start too
-        model, history, model_config, choice = fit_best(model_config, train, val, seeded)
-        picked = picked or choice
-        model_config = replace(model_config)  # the kind member 0 picked, for every member
-        histories.append(history)
-        _, member_parity = export_bundle(
-            model.cpu(),
-            staging / member_dir(f),
-            pre.apply(flat(splits.calib(f))),
-            name=f"{name}-member-{f}",
-            version=config.version,
-            created=created,
-            description=f"member {f} of {folds} of {name}: trained without fold {f}, calibrated on it",
-            input_shape=list(data.input_shape),
-            latent_dim=model_config.latent_dim,
-            likelihood=data.likelihood,
-            preprocessing=pre,
-            image=data.image,
+            member_config.level_width = pre.scale[0]
+        manifest = {
+            "name": f"{name}-member-{f}",
+            "version": config.version,
+            "created": created,
+            "description": f"member {f} of {folds} of {name}: trained without fold {f}, calibrated on it",
+            "input_shape": list(data.input_shape),
+            "likelihood": data.likelihood,
+            "preprocessing": pre,
+            "image": data.image,
+        }
+        jobs.append(
+            _MemberJob(
+                train=pre.apply(flat(train_raw)).reshape(train_raw.shape),
+                val=pre.apply(flat(val_raw)).reshape(val_raw.shape),
+                check=pre.apply(flat(splits.calib(f))),
+                model=member_config,
+                train_config=replace(config.train, seed=config.train.seed + f),  # members differ in their start
+                out=staging / member_dir(f),
+                manifest=manifest,
+            )
         )
-        parity = max(parity, member_parity)
+    results = _train_members(jobs)
+    histories = [r.history for r in results]
+    model_config, picked = results[0].model, results[0].choice
+    parity = max(r.parity for r in results)
     oof = [_out_of_fold(staging, splits, f, config, histories[f]) for f in range(folds)]
     engine = cpu_engine(
         save_ensemble(
@@ -130,6 +137,57 @@ def run_members(config: RunConfig, staging: Path, data: Dataset, folds: int, why
     bundle = update_manifest(staging, training=summary.model_dump(), calibration=calibration.model_dump())
     seconds = time.perf_counter() - started
     return RunReport(bundle, histories[0], test, test, summary.active_units or 0, parity, calibration, seconds)
+
+
+# Row-epochs of training below which the members train one after another here: a worker process takes a few
+# seconds to start (it imports torch), more than a short run gains from a second core.
+_WORTH_A_WORKER = 20_000
+
+
+@dataclass(frozen=True)
+class _MemberJob:
+    train: np.ndarray  # model space, member f's own
+    val: np.ndarray
+    check: np.ndarray  # rows the export compares onnxruntime with torch on (its fold)
+    model: VAEConfig
+    train_config: TrainConfig
+    out: Path
+    manifest: dict[str, Any]  # the member bundle's manifest fields
+    threads: int = 0  # torch's intra-op threads (0: torch's default)
+
+
+@dataclass(frozen=True)
+class _Trained:
+    history: History
+    model: VAEConfig  # as fitted: with kind "auto", the kind it chose
+    choice: str
+    parity: float
+
+
+def _train_member(job: _MemberJob) -> _Trained:
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    model, history, chosen, choice = fit_best(job.model, job.train, job.val, job.train_config)
+    _, parity = export_bundle(model.cpu(), job.out, job.check, latent_dim=chosen.latent_dim, **job.manifest)
+    return _Trained(history, chosen, choice, parity)
+
+
+def _train_members(jobs: list[_MemberJob]) -> list[_Trained]:
+    """The members, trained side by side in worker processes, one per core (a small model's training is
+    mostly per-step overhead, which more threads do not shorten): about F / cores times one model's time.
+    With --model auto, member 0 picks the kind first and every other member trains that kind."""
+    first = jobs[0]
+    done: list[_Trained] = []
+    if first.model.kind == "auto":
+        done.append(_train_member(first))
+        jobs = [replace(job, model=replace(job.model, kind=done[0].model.kind)) for job in jobs[1:]]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1 or sum(len(job.train) * job.train_config.epochs for job in jobs) < _WORTH_A_WORKER:
+        return done + [_train_member(job) for job in jobs]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    quiet = [replace(job, threads=threads, train_config=replace(job.train_config, progress=False)) for job in jobs]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return done + list(pool.map(_train_member, quiet))
 
 
 def _out_of_fold(
