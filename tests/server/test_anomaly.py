@@ -305,11 +305,15 @@ def test_a_small_calibration_says_so(
             "the anomaly calibration has 20 inputs" in info.warnings[0]
             and "smallest attainable alpha is 0.04762" in info.warnings[0]
         )
+        # both remedies: the alpha it can honour, and more normal rows
+        assert "set alpha (--alpha) to 0.048 or more" in info.warnings[0]
+        assert "vaeserve-train calibrate BUNDLE DATA --add" in info.warnings[0]
         scores = client.score(lg.sample(30, seed=92) + 5.0)  # far from normal, yet nothing can be flagged at 0.01
         first = scores.anomalies["nll"]
         assert first.min_alpha == pytest.approx(1 / 21) and first.threshold == np.inf
         assert scores.is_anomaly is not None and not scores.is_anomaly.any() and "20 inputs" in scores.warnings[0]
-        assert client.score(lg.sample(30, seed=92) + 5.0, alpha=0.05).is_anomaly.all()  # type: ignore[union-attr]
+        assert "--alpha" in scores.warnings[0] and "--add" in scores.warnings[0]
+        assert client.score(lg.sample(30, seed=92) + 5.0, alpha=0.048).is_anomaly.all()  # type: ignore[union-attr]
     assert any("the anomaly calibration has 20 inputs" in r.getMessage() for r in caplog.records)
 
 

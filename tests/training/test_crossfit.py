@@ -67,7 +67,7 @@ def test_recalibrate_and_add_rows_no_member_saw(
 
 def test_flags_keep_their_rate_and_members_disagree_off_distribution(tmp_path: Path) -> None:
     out = tmp_path / "digits"
-    args = ["train", "digits", "--folds", "3", "--split", "0.1,0.05,0.3", "--calib-k", "30", "--out", str(out)]
+    args = ["train", "digits", "--folds", "5", "--split", "0.1,0.05,0.3", "--calib-k", "30", "--out", str(out)]
     assert main([*args, *QUICK]) == 0
     bundle = load_bundle(out)
     assert bundle.manifest.cross_fit is not None and len(bundle.manifest.cross_fit.added_rows) == round(0.05 * 1797)

@@ -26,7 +26,7 @@ from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine import EnsembleEngine, ScoreOptions, save_ensemble
 from vaeserve.server.engine.bundle import update_manifest
 from vaeserve.training.data import Dataset
-from vaeserve.training.evaluate import KRow, active_units, evaluate
+from vaeserve.training.evaluate import KRow, active_units, evaluate, mean_se
 from vaeserve.training.export import export_bundle
 from vaeserve.training.fitting import epochs_choice, fit_best, flat
 from vaeserve.training.folds import FoldSplits, make_folds
@@ -222,9 +222,6 @@ def _out_of_fold(
 
 
 def _k_row(k: int, log_px: np.ndarray, elbo: np.ndarray) -> KRow:
-    def mean_se(v: np.ndarray) -> tuple[float, float]:
-        return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-
     (lp, lp_se), (e, e_se) = mean_se(log_px), mean_se(elbo)
     return KRow(k, lp, lp_se, e, e_se, float("nan"), float("nan"))
 

@@ -19,7 +19,7 @@ from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine import Engine, EnsembleEngine
 from vaeserve.server.engine.results import ScoreOptions
 
-__all__ = ["KRow", "active_units", "calibrate", "evaluate", "save_pictures"]
+__all__ = ["KRow", "active_units", "calibrate", "evaluate", "mean_se", "save_pictures"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class KRow:
         return Estimate(value=self.log_px, se=self.log_px_se, k=self.k)
 
 
-def _mean_se(values: np.ndarray) -> tuple[float, float]:
+def mean_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
@@ -48,9 +48,10 @@ def evaluate(engine: Engine | EnsembleEngine, raw: np.ndarray, ks: list[int], se
     rows = []
     for k in ks:
         result = engine.score(x, ScoreOptions(k=k), seeds)
-        log_px, log_px_se = _mean_se(result["log_px"])
-        elbo, elbo_se = _mean_se(result["elbo"])
-        mc = float(np.nanmean(result["log_px_se"])) if k > 1 else float("nan")
+        log_px, log_px_se = mean_se(result["log_px"])
+        elbo, elbo_se = mean_se(result["elbo"])
+        se = result["log_px_se"]  # NaN for K = 1, and for an ensemble while a member takes one draw
+        mc = float(np.nanmean(se)) if np.isfinite(se).any() else float("nan")
         rows.append(KRow(k, log_px, log_px_se, elbo, elbo_se, mc, float(result["ess"].mean())))
     return rows
 
