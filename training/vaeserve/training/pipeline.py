@@ -125,7 +125,7 @@ def run(config: RunConfig) -> RunReport:
     if config.folds is None and config.background:
         folds, why = 1, "one model: --background trains the likelihood_ratio score of a single model"
     else:
-        folds, why = (config.folds, f"{config.folds}: --folds") if config.folds is not None else default_folds(rows)
+        folds, why = (config.folds, _asked(config.folds)) if config.folds is not None else default_folds(rows)
     if folds < 1:
         raise ValueError(f"--folds must be at least 1, got {folds}")
     if folds > 1 and config.background:
@@ -139,6 +139,12 @@ def run(config: RunConfig) -> RunReport:
         raise
     report.bundle = publish_bundle(staging, config.out)
     return report
+
+
+def _asked(folds: int) -> str:
+    if folds == 1:
+        return "one model (--folds 1): a held-out calibration split, split conformal"
+    return f"{folds} cross-fitted members (--folds {folds}): every row trains {folds - 1} and calibrates one"
 
 
 def _run(config: RunConfig, staging: Path, why: str) -> RunReport:
