@@ -14,6 +14,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from tests.serving import RunningServer
+from vaeserve.client import Client
 from vaeserve.client.cli import main
 
 
@@ -35,6 +36,23 @@ def test_info_table_and_json(digits_server: RunningServer, capsys: pytest.Captur
     assert run(digits_server, "info", "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["manifest"]["name"] == "digits" and data["limits"]["max_k"] == 10_000
+
+
+def test_the_target_comes_from_vaeserve_target(
+    digits_server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """VAESERVE_TARGET names the server for the CLI and for Client() when none is given; --target or the
+    argument wins."""
+    monkeypatch.setenv("VAESERVE_TARGET", digits_server.address)
+    assert main(["info"]) == 0
+    assert f"{digits_server.address}: digits:1" in capsys.readouterr().out
+    with Client() as client:
+        assert client.config.target == digits_server.address and client.health() == "SERVING"
+    monkeypatch.setenv("VAESERVE_TARGET", "127.0.0.1:1")  # nothing listens there
+    assert main(["--target", digits_server.address, "health"]) == 0
+    assert Client(digits_server.address).config.target == digits_server.address
+    monkeypatch.delenv("VAESERVE_TARGET")
+    assert Client().config.target == "localhost:50051"
 
 
 def test_health_exit_status(digits_server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,6 +142,16 @@ def test_errors(digits_server: RunningServer, tmp_path: Path, capsys: pytest.Cap
     (tmp_path / "bad.csv").write_text("1,2\n3\n")
     assert run(digits_server, "score", str(tmp_path / "bad.csv")) == 2
     assert "bad.csv: line 2 has 1 fields" in capsys.readouterr().err
+    labelled = np.column_stack([load_digits().target[:5], load_digits().data[:5]])
+    header = "label," + ",".join(f"p{i}" for i in range(64))
+    np.savetxt(tmp_path / "labelled.csv", labelled, delimiter=",", header=header, comments="")
+    for command in ("score", "encode"):
+        assert run(digits_server, command, str(tmp_path / "labelled.csv")) == 2
+        assert "65 columns, and the model takes 64: if one of them holds labels, name it with --label-column" in (
+            capsys.readouterr().err
+        )
+    assert run(digits_server, "score", str(tmp_path / "labelled.csv"), "--label-column", "label") == 0
+    capsys.readouterr()
     np.save(tmp_path / "bright.npy", np.full((2, 64), 200.0))
     assert run(digits_server, "score", str(tmp_path / "bright.npy")) == 1
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -14,7 +15,25 @@ from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.client import _convert as cv
 from vaeserve.client._channel import ChannelConfig, TlsConfig
 
-__all__ = ["DRAWS_PER_S", "LOAD_TIMEOUT_S", "ClientBase", "ScoreArgs", "StreamRequests", "batches"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "DRAWS_PER_S",
+    "LOAD_TIMEOUT_S",
+    "ClientBase",
+    "ScoreArgs",
+    "StreamRequests",
+    "batches",
+    "default_target",
+]
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def default_target() -> str:
+    """The server a client talks to when none is named: $VAESERVE_TARGET, else localhost:50051 (read when a
+    client is made, never at import, so a test or a shell can set it late)."""
+    return os.environ.get("VAESERVE_TARGET") or DEFAULT_TARGET
+
 
 # LoadModel returns once the bundle is loaded, checked and warmed up: minutes for a large model
 # on a busy server, well past a deadline sized for inference calls.
@@ -100,7 +119,7 @@ class ClientBase:
 
     def __init__(
         self,
-        target: str = "localhost:50051",
+        target: str | None = None,
         *,
         timeout: float | Literal["auto"] | None = "auto",
         batch_size: int = 1024,
@@ -114,7 +133,8 @@ class ClientBase:
         token: str | None = None,
         connections: int = 1,
     ) -> None:
-        """`target` is host:port, or dns:///name:port with `round_robin` to spread calls over replicas;
+        """`target` is host:port, or dns:///name:port with `round_robin` to spread calls over replicas (None:
+        $VAESERVE_TARGET, else localhost:50051);
         `timeout` is each call's deadline in seconds (None: none; "auto": 60 s, and a Score call's grows
         by a second per DRAWS_PER_S importance draws it asks for); arrays go in requests of `batch_size` inputs, with
         up to `concurrency` in flight; `model` and `version`, when given, must match the served model;
@@ -124,7 +144,7 @@ class ClientBase:
         raising `concurrency` to at least as many (a server with --workers serves each connection in one
         worker: give a few per worker, since the kernel spreads connections over workers at random)."""
         self.config = ChannelConfig(
-            target=target,
+            target=target or default_target(),
             tls=tls,
             retries=retries,
             round_robin=round_robin,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vaeserve.client._base import default_target
 from vaeserve.client._channel import TlsConfig
 from vaeserve.client._client import Client
 from vaeserve.client._errors import VaeServeError
@@ -29,7 +30,7 @@ __all__ = ["main"]
 
 # The connection options, taken before or after the command; their defaults apply once parsing is done.
 _CONNECTION_DEFAULTS: dict[str, Any] = {
-    "target": "localhost:50051",
+    "target": None,  # $VAESERVE_TARGET, else localhost:50051 (default_target)
     "timeout": None,
     "round_robin": False,
     "tls_ca": None,
@@ -44,7 +45,11 @@ _CONNECTION_DEFAULTS: dict[str, Any] = {
 def _add_connection(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: an option left out after the command does not undo one given before it.
     s = argparse.SUPPRESS
-    p.add_argument("--target", default=s, help="server address host:port, or dns:///name:port (localhost:50051)")
+    p.add_argument(
+        "--target",
+        default=s,
+        help="server address host:port, or dns:///name:port (default: $VAESERVE_TARGET, else localhost:50051)",
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -241,9 +246,22 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _labels_hint(args: argparse.Namespace, x: np.ndarray, client: Client) -> None:
+    """A labelled CSV sent without --label-column is one column too wide: say so, not just the shape."""
+    if args.file.suffix.lower() != ".csv" or args.label_column is not None or x.ndim != 2:
+        return
+    dim = client.info().manifest.dim
+    if x.shape[1] == dim + 1:
+        raise DataFileError(
+            f"{args.file}: {x.shape[1]} columns, and the model takes {dim}: if one of them holds labels, "
+            "name it with --label-column NAME (or its index)"
+        )
+
+
 def _encode(args: argparse.Namespace) -> int:
     x, _ = read_array(args.file, label_column=args.label_column)
     with _client(args) as client:
+        _labels_hint(args, x, client)
         result = client.encode(x, n_samples=args.samples, seed=args.seed, resample=args.resample)
     prefix = args.out or f"{args.file.with_suffix('')}_z"
     outputs = {"mean": result.z_mean, "logvar": result.z_logvar, "samples": result.z_samples, "ess": result.ess}
@@ -319,6 +337,7 @@ def _score(args: argparse.Namespace) -> int:
     progress = _Progress(len(x) > args.batch_size)
     started = time.perf_counter()
     with _client(args, batch_size=args.batch_size) as client:
+        _labels_hint(args, x, client)
         common: dict[str, Any] = {
             "k": args.k,
             "seed": args.seed,
@@ -434,11 +453,14 @@ _COMMANDS = {
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line, connection options before or after the command; --token defaults to $VAESERVE_TOKEN."""
+    """The command line, connection options before or after the command; --token defaults to $VAESERVE_TOKEN
+    and --target to $VAESERVE_TARGET."""
     args = _parser().parse_args(argv)
     for name, default in _CONNECTION_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, os.environ.get("VAESERVE_TOKEN") or None if name == "token" else default)
+    if args.target is None:
+        args.target = default_target()
     return args
 
 
