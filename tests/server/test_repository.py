@@ -269,3 +269,19 @@ def test_a_server_with_no_loadable_model_refuses_to_start(
     (tmp_path / "empty").mkdir()
     with pytest.raises(BundleError, match="holds no model versions"):
         serve(None, model_repository=tmp_path / "empty")
+
+
+def test_a_folder_of_bundles_is_a_repository(serve: Callable[..., RunningServer], tmp_path: Path) -> None:
+    """This project's own models/ (a bundle directly under each <name>/) serves every model as version 1; a
+    <name>/ holding a bundle and numbered versions too is refused, and says why."""
+    models = Path(__file__).resolve().parents[2] / "models"
+    server = serve(None, model_repository=models)
+    with grpc.insecure_channel(server.address) as channel:
+        ready = {key for key, s in statuses(Stub(channel)).items() if s.state == READY}
+    assert ready == {("digits", "1"), ("mnist5k", "1"), ("breast-cancer", "1")}
+    shutil.copytree(models / "digits", tmp_path / "repo" / "digits")
+    add_version(tmp_path / "repo", "digits", 2, models / "digits")
+    from vaeserve.server.engine import BundleError
+
+    with pytest.raises(BundleError, match=r"holds a bundle \(manifest\.json\) and numbered versions \(2\): keep one"):
+        serve(None, model_repository=tmp_path / "repo")

@@ -55,7 +55,9 @@ class Settings(BaseSettings):
         None, description="one model bundle directory to serve (default: the bundled digits model)"
     )
     model_repository: Path | None = Field(
-        None, description="directory of models to serve: <dir>/<name>/<version>/ holds a bundle (Triton's layout)"
+        None,
+        description="directory of models to serve: <dir>/<name>/<version>/ holds a bundle (Triton's layout), or "
+        "<dir>/<name>/ holds one, served as version 1",
     )
     default_model: str | None = Field(None, description="the model for requests that name none")
     repository_poll_s: float | None = Field(

@@ -79,7 +79,9 @@ def _settings(model_dir: Path) -> tuple[ModelSettings, str | None]:
 
 
 class RepositorySource:
-    """`root/<name>/<version>/`: a bundle per version directory, versions positive integers."""
+    """`root/<name>/<version>/`: a bundle per version directory, versions positive integers; or a bundle
+    directly in `root/<name>/`, served as version 1 (so a folder of bundles, like this project's `models/`,
+    is a repository as it is)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -101,6 +103,15 @@ class RepositorySource:
                 for p in model_path.iterdir()
                 if p.is_dir() and is_version_name(p.name)
             }
+            if (model_path / MANIFEST_FILE).is_file():  # a bundle right under <name>/: its version 1
+                if versions:
+                    error = error or (
+                        f"{model_path} holds a bundle ({MANIFEST_FILE}) and numbered versions "
+                        f"({', '.join(sorted(versions, key=int))}): keep one layout, a bundle directly under "
+                        "<name>/ (served as version 1) or one bundle per <name>/<version>/"
+                    )
+                else:
+                    versions = {"1": VersionDir("1", model_path, _fingerprint(model_path, settings_file))}
             selected = settings.version_policy.select([int(v) for v in versions])
             models[model_path.name] = ModelDir(
                 model_path.name, model_path, settings, error, versions, tuple(str(v) for v in selected)
