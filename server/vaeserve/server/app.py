@@ -36,7 +36,7 @@ from vaeserve.server.repository.registry import ModelRegistry, ModelState
 from vaeserve.server.repository.source import BundleSource, RepositorySource, Source
 from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
-from vaeserve.server.workers import Worker
+from vaeserve.server.worker import Worker
 
 __all__ = ["App", "create_server", "serve", "source_of"]
 

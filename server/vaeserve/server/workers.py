@@ -19,30 +19,20 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from vaeserve.server.settings import Settings, usable_cores
+from vaeserve.server.worker import Worker
+from vaeserve.server.worker_process import CANNOT_SERVE, run_worker
 
 __all__ = ["Worker", "supervise", "worker_settings"]
 
 log = logging.getLogger("vaeserve.server.workers")
 
-_CANNOT_SERVE = 2  # the exit code of a server that cannot load its models or bind: restarting will not help
 _RESTART_DELAY_S = (0.5, 10.0)  # after an unexpected exit: first delay, doubling up to the second
 _HEALTHY_S = 60.0  # a worker that ran this long before it died starts again from the first delay
-
-
-@dataclass(frozen=True)
-class Worker:
-    """What a worker knows of its place: its number, how many there are, and its supervisor (it drains
-    when that one is gone)."""
-
-    index: int
-    supervisor_pid: int
-    count: int = 1
 
 
 def worker_settings(settings: Settings, index: int, port: int, http_port: int | None) -> Settings:
@@ -69,26 +59,6 @@ def _reserved(host: str, port: int) -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def _run_worker(settings: Settings, worker: Worker) -> None:
-    """A worker process's body (a fresh interpreter: logging is set up again here)."""
-    import asyncio
-    import sys
-
-    from vaeserve.server.app import serve
-    from vaeserve.server.engine import BundleError, ProviderUnavailable
-
-    logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(serve(settings, worker))
-    except (BundleError, ProviderUnavailable, OSError) as exc:
-        log.error("worker %d cannot serve: %s", worker.index, exc)
-        sys.exit(_CANNOT_SERVE)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
 class _Supervisor:
     def __init__(self, settings: Settings, port: int, http_port: int | None) -> None:
         self.settings = settings
@@ -103,7 +73,7 @@ class _Supervisor:
     def start(self, index: int) -> None:
         settings = worker_settings(self.settings, index, self.port, self.http_port)
         process = self.context.Process(
-            target=_run_worker,
+            target=run_worker,
             args=(settings, Worker(index, os.getpid(), self.settings.worker_count)),
             name=f"vaeserve-worker-{index}",
         )
@@ -143,10 +113,10 @@ class _Supervisor:
                 if self.stopping:
                     code = max(code, 0 if process.exitcode in (0, 130, -signal.SIGTERM) else 1)
                     continue
-                if process.exitcode == _CANNOT_SERVE:
+                if process.exitcode == CANNOT_SERVE:
                     log.error("worker %d cannot serve; stopping the others", index)
                     self.signal(signal.SIGTERM)
-                    code = _CANNOT_SERVE
+                    code = CANNOT_SERVE
                     continue
                 if time.monotonic() - self.started[index] > _HEALTHY_S:
                     delay[index] = _RESTART_DELAY_S[0]
