@@ -11,7 +11,7 @@ import pytest
 from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine.bundle import load_bundle, update_manifest
 from vaeserve.server.engine.results import ScoreOptions
-from vaeserve.training import cli
+from vaeserve.training import presets
 from vaeserve.training.cli import main
 from vaeserve.training.pipeline import bundle_splits, cpu_engine, cpu_scorer
 
@@ -299,7 +299,9 @@ def test_28x28_images_train_the_convolutional_model_unless_told(tmp_path: Path) 
 
 def test_a_small_training_set_gets_the_presets_epochs_scaled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One class of digits (88 training rows, 2 batches of 64) trains 4 passes per preset epoch; flags are literal."""
-    monkeypatch.setitem(cli.PRESETS, "digits", cli.Preset(latent=4, epochs=2, batch_size=64, warmup=1, patience=50))
+    monkeypatch.setitem(
+        presets.PRESETS, "digits", presets.Preset(latent=4, epochs=2, batch_size=64, warmup=1, patience=50)
+    )
     quick = ["--eval-k", "16", "--calib-k", "16", "--no-progress", "--folds", "1"]
     assert main(["train", "digits", "--classes", "8", "--out", str(tmp_path / "scaled"), *quick]) == 0
     t = load_bundle(tmp_path / "scaled").manifest.training

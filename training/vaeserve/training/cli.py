@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields
 from pathlib import Path
-from typing import Literal
 
 from vaeserve.api.manifest import TrainingSummary
 from vaeserve.client.files import DataFileError
@@ -25,41 +24,11 @@ from vaeserve.training.pipeline import (
     cpu_engine,
     run,
 )
+from vaeserve.training.presets import MIN_BATCHES, Preset, preset_for
 from vaeserve.training.recalibrate import recalibrate
 from vaeserve.training.train import TrainConfig
 
 __all__ = ["main"]
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Training defaults for a data set; flags override them."""
-
-    model: Literal["mlp", "conv", "auto"] = "mlp"
-    hidden: tuple[int, ...] = (256, 128)
-    latent: int = 16
-    epochs: int = 200
-    batch_size: int = 128
-    warmup: int = 10
-    patience: int = 20
-
-
-# 28x28 images (mnist5k's shape) train the convolutional model: `--model auto` chose it by validation ELBO per
-# input on one-class mnist5k (class 0: conv -121.4 against mlp -143.6 nats; class 8: -137.4 against -151.3),
-# and its anomaly scores rank best (make bench-anomaly, README). The MLP 784-200-200-50 (`--model mlp`) is
-# the bundled mnist5k model that the performance benchmarks compare with PyTorch. breast-cancer's latent
-# size 12 had the best validation ELBO of 4, 8, 12 and 16.
-PRESETS = {
-    "digits": Preset(hidden=(256, 128), latent=8, epochs=300, batch_size=64, warmup=20, patience=40),
-    "mnist5k": Preset(model="conv", hidden=(200, 200), latent=50, epochs=400, batch_size=100, warmup=30, patience=40),
-    "breast-cancer": Preset(hidden=(64,), latent=12, epochs=1000, batch_size=32, warmup=50, patience=100),
-}
-
-
-# The presets' epoch counts were tuned on their full data sets, 9 (breast cancer) to 35 (mnist5k) batches per
-# epoch; a smaller training set (one class, a user's short file) gets its epochs, warm-up and patience scaled to
-# at least this many batches each (train.epoch_scale). Counts given as flags are taken literally.
-MIN_BATCHES = 8
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -207,9 +176,7 @@ def _train(args: argparse.Namespace) -> None:
         image=args.image,
         value_range=args.value_range,
     )
-    preset = PRESETS.get(data.preset or "", Preset())
-    given = {f.name: getattr(args, f.name) for f in fields(Preset) if getattr(args, f.name) is not None}
-    chosen = replace(preset, **given)
+    chosen = preset_for(data.preset, {f.name: getattr(args, f.name) for f in fields(Preset)})
     model = VAEConfig(
         input_shape=(), kind=chosen.model, latent_dim=chosen.latent, hidden=chosen.hidden, activation=args.activation
     )
