@@ -119,6 +119,8 @@ def test_cross_conformal_p_values_by_hand(exact: tuple[Path, list[LinearGaussian
     member = AnomalyScorer(Engine(bundle.members[1], CPU), calibration=calibration.member(1))
     alone = member.raw(scorer.engine.member_input(x, 1), ["nll"])["nll"]
     np.testing.assert_allclose(raw["nll"][:, 1], alone)  # member 1 scores with its own K share and seed
+    with pytest.raises(TypeError, match="calibrated member by member"):
+        scorer.calibrate(x, k=20, seed=5, dataset="test")
 
 
 def test_served_by_both_protocols_alike(server: RunningServer, exact: tuple[Path, list[LinearGaussian]]) -> None:

@@ -189,7 +189,7 @@ def _run(config: RunConfig, staging: Path, why: str) -> RunReport:
     test_elbo = test_iwae  # the ELBO columns come from the same K draws per input
     units = active_units(engine, splits.test)
     calibration = calibrate(
-        cpu_scorer(bundle),
+        cpu_scorer(bundle, engine),
         splits.calib,
         k=config.calib_k,
         seed=config.calib_seed,

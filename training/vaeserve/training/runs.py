@@ -59,12 +59,13 @@ def cpu_engine(bundle: Bundle | Path) -> Engine | EnsembleEngine:
     return open_engine(bundle if isinstance(bundle, Bundle) else load_bundle(bundle), RuntimeConfig(device="cpu"))
 
 
-def cpu_scorer(bundle: Bundle | Path) -> AnomalyScorer:
-    """The served anomaly scores of a bundle (with its background model, when it has one), on CPU."""
+def cpu_scorer(bundle: Bundle | Path, engine: Engine | EnsembleEngine | None = None) -> AnomalyScorer:
+    """The served anomaly scores of a bundle (with its background model, when it has one), on CPU; `engine`:
+    the bundle's engine, when the caller has one already (its sessions are not built twice)."""
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     background = cpu_engine(loaded.background) if loaded.background is not None else None
     assert not isinstance(background, EnsembleEngine)
-    return open_scorer(cpu_engine(loaded), background)
+    return open_scorer(engine or cpu_engine(loaded), background)
 
 
 def load_run_data(config: RunConfig) -> Dataset:

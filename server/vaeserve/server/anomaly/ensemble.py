@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from vaeserve.api.manifest import Calibration
+from vaeserve.api.manifest import Calibration, Standardization
 from vaeserve.server.anomaly.results import TypicalityResult
-from vaeserve.server.anomaly.scorer import AnomalyScorer
+from vaeserve.server.anomaly.scorer import AnomalyScorer, with_dataset
 from vaeserve.server.engine import Check, Engine, ScoreResult, no_check
 from vaeserve.server.engine.ensemble import EnsembleEngine
 from vaeserve.server.errors import InvalidArgument
@@ -24,6 +24,11 @@ __all__ = ["TYPICALITY_UNAVAILABLE", "EnsembleScorer", "open_scorer"]
 TYPICALITY_UNAVAILABLE = (
     "the typicality test compares a batch with one calibration distribution; an ensemble's calibration holds "
     "each member's scores of its own fold, so the test does not apply (its per-input p-values do)"
+)
+# The one-model calibration would score every row with every member; each member calibrates on its own fold.
+_MEMBER_BY_MEMBER = (
+    "an ensemble is calibrated member by member, each on its own fold (vaeserve-train calibrate, or "
+    "vaeserve.training.crossfit.calibrate_members)"
 )
 
 
@@ -81,10 +86,14 @@ class EnsembleScorer(AnomalyScorer):
             for name in merged:
                 merged[name] += grown.scores[name]
             sizes.append(grown.n)
-        names = (
-            calibration.dataset if dataset in calibration.dataset.split(" + ") else f"{calibration.dataset} + {dataset}"
-        )
-        return calibration.model_copy(update={"scores": merged, "fold_sizes": sizes, "dataset": names})
+        update = {"scores": merged, "fold_sizes": sizes, "dataset": with_dataset(calibration, dataset)}
+        return calibration.model_copy(update=update)
+
+    def calibrate(self, *args: Any, **kwargs: Any) -> Calibration:
+        raise TypeError(_MEMBER_BY_MEMBER)
+
+    def standardize(self, *args: Any, **kwargs: Any) -> Standardization:
+        raise TypeError(_MEMBER_BY_MEMBER)
 
 
 def open_scorer(engine: Engine | EnsembleEngine, background: Engine | None = None) -> AnomalyScorer:

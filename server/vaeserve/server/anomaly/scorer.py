@@ -27,7 +27,7 @@ from vaeserve.server.anomaly.typicality import typicality
 from vaeserve.server.engine import Check, Engine, ScoreResult, no_check
 from vaeserve.server.errors import InvalidArgument
 
-__all__ = ["SCORE_FNS", "AnomalyScorer", "alpha_of"]
+__all__ = ["SCORE_FNS", "AnomalyScorer", "alpha_of", "with_dataset"]
 
 _SINGLE: dict[str, AnomalyScoreFn] = {fn.name: fn for fn in (Nll(), Reconstruction(), Complexity(), LikelihoodRatio())}
 SCORE_FNS: dict[str, AnomalyScoreFn] = {**_SINGLE, "combined": Combined(_SINGLE)}
@@ -173,10 +173,7 @@ class AnomalyScorer:
         assert calibration is not None
         more = self.raw(x, list(calibration.scores), check=check)
         merged = {name: sorted([*values, *more[name].tolist()]) for name, values in calibration.scores.items()}
-        names = (
-            calibration.dataset if dataset in calibration.dataset.split(" + ") else f"{calibration.dataset} + {dataset}"
-        )
-        return calibration.model_copy(update={"scores": merged, "dataset": names})
+        return calibration.model_copy(update={"scores": merged, "dataset": with_dataset(calibration, dataset)})
 
     def _batch(
         self,
@@ -191,6 +188,12 @@ class AnomalyScorer:
         calibration = self.calibration
         standardization = calibration.standardization if calibration else None
         return Batch(x, self.engine, self.background, k, seed, need_sq_err, check, reused, standardization)
+
+
+def with_dataset(calibration: Calibration, dataset: str) -> str:
+    """The calibration's data set names with `dataset` added (once)."""
+    names = calibration.dataset
+    return names if dataset in names.split(" + ") else f"{names} + {dataset}"
 
 
 def _center_scale(values: np.ndarray) -> tuple[float, float]:

@@ -52,7 +52,6 @@ class EnsembleEngine:
         lead = self.lead = self.members[0]
         self.provider = lead.provider
         self.noise = lead.noise
-        self.chunk_samples = chunk_samples
         reference = self.manifest.preprocessing
         gaussian = self.manifest.likelihood == "gaussian"
         dim = self.manifest.dim
@@ -76,10 +75,6 @@ class EnsembleEngine:
 
     # --- what member 0 answers ---------------------------------------------------------------
 
-    @property
-    def input_shapes(self) -> list[tuple[int, ...]]:
-        return self.lead.input_shapes
-
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         return self.lead.prepare(raw)
 
@@ -94,9 +89,6 @@ class EnsembleEngine:
 
     def sample_x(self, params: dict[str, np.ndarray], seed: int) -> np.ndarray:
         return self.lead.sample_x(params, seed)
-
-    def expected_x(self, params: dict[str, np.ndarray]) -> np.ndarray:
-        return self.lead.expected_x(params)
 
     def sample_prior(self, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return self.lead.sample_prior(n, seed)
