@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from vaeserve.api.bundle import save_bundle, sha256_of, update_manifest
 from vaeserve.api.manifest import MANIFEST_FILE
 from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine import Engine, RuntimeConfig, load_bundle
-from vaeserve.server.engine.bundle import Bundle, save_bundle, sha256_of, update_manifest
+from vaeserve.server.engine.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def write_bundle(path: Path, model: LinearGaussian, encoder: Encoder = Encoder()
         "preprocessing": {"shift": [0.0], "scale": [1.0]},
         **fields,
     }
-    return save_bundle(path, enc, dec, **manifest)
+    return load_bundle(save_bundle(path, enc, dec, **manifest))
 
 
 @dataclass(frozen=True)
@@ -153,17 +154,19 @@ class LinearBernoulli:
             "encoder", "x", dim, {"z_mean": (self.A.T, self.c), "z_logvar": (np.zeros((dim, latent)), self.logvar)}
         )
         dec = _affine_graph("decoder", "z", latent, {"logits": (self.W.T, self.b)})
-        return save_bundle(
-            path,
-            enc,
-            dec,
-            name="linear-bernoulli",
-            version="1",
-            input_shape=[dim],
-            latent_dim=latent,
-            likelihood="bernoulli",
-            preprocessing={"shift": [0.0], "scale": [1.0]},
-            **({"image": dict(zip(("channels", "height", "width"), image))} if image else {}),
+        return load_bundle(
+            save_bundle(
+                path,
+                enc,
+                dec,
+                name="linear-bernoulli",
+                version="1",
+                input_shape=[dim],
+                latent_dim=latent,
+                likelihood="bernoulli",
+                preprocessing={"shift": [0.0], "scale": [1.0]},
+                **({"image": dict(zip(("channels", "height", "width"), image))} if image else {}),
+            )
         )
 
 
@@ -174,7 +177,7 @@ def add_background(path: Path, model: LinearGaussian, encoder: Encoder = Encoder
         **load_bundle(path).manifest.sha256,
         f"background/{MANIFEST_FILE}": sha256_of(path / "background" / MANIFEST_FILE),
     }
-    return update_manifest(path, background="background", sha256=hashes)
+    return load_bundle(update_manifest(path, background="background", sha256=hashes))
 
 
 def add_calibration(
@@ -192,7 +195,7 @@ def add_calibration(
     calibration = scorer.calibrate(
         scorer.engine.prepare(raw), k=k, seed=seed, dataset="test", standardization=standardization
     )
-    return update_manifest(path, calibration=calibration.model_dump())
+    return load_bundle(update_manifest(path, calibration=calibration.model_dump()))
 
 
 @dataclass(frozen=True)
@@ -232,14 +235,16 @@ class LinearLogistic:
             latent,
             {"mean": (self.W.T, self.b), "log_scale": (np.zeros((latent, dim)), self.log_scale)},
         )
-        return save_bundle(
-            path,
-            enc,
-            dec,
-            name="linear-logistic",
-            version="1",
-            input_shape=[dim],
-            latent_dim=latent,
-            likelihood="logistic",
-            preprocessing={"shift": [0.0], "scale": [1.0 / self.levels]},
+        return load_bundle(
+            save_bundle(
+                path,
+                enc,
+                dec,
+                name="linear-logistic",
+                version="1",
+                input_shape=[dim],
+                latent_dim=latent,
+                likelihood="logistic",
+                preprocessing={"shift": [0.0], "scale": [1.0 / self.levels]},
+            )
         )

@@ -83,6 +83,7 @@ def test_encode_decode_sample(client: Client, lg: LinearGaussian) -> None:
     assert resampled.ess is not None and resampled.ess.shape == (2,)
     dec = client.decode(enc.z_mean, sample=True, seed=2)
     np.testing.assert_allclose(dec.params["mean"], enc.z_mean @ lg.W.T + lg.b, atol=1e-5)
+    assert list(dec.params) == sorted(dec.params) == ["logvar", "mean"], "parameters in one order, by name"
     assert dec.x_sample is not None and dec.x_sample.shape == (9, 10)
     samples = client.sample(5, seed=3, sample_x=True)
     assert samples.z.shape == (5, 3) and samples.x_sample is not None and samples.seed == 3

@@ -23,7 +23,7 @@ from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.client import Client, InvalidArgumentError
 from vaeserve.server.anomaly import AnomalyScorer, png_bits, to_uint8, typicality
-from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.anomaly.scorer import SCORE_FNS
 from vaeserve.server.engine import Engine, RuntimeConfig, load_bundle
 from vaeserve.server.engine.bundle import BundleError
@@ -151,7 +151,7 @@ def test_complexity_is_nll_in_bits_minus_a_lossless_png_length(tmp_path: Path) -
     x[1] = np.tile(np.linspace(0, 1, 8), 8)  # smooth
     engine = Engine(bundle, CPU)
     prepared = engine.prepare(x)
-    batch = Batch(prepared, engine, None, 50, 0)  # the calibration's K and seed would go here
+    batch = SharedPasses(prepared, engine, None, 50, 0)  # the calibration's K and seed would go here
     images = to_uint8(prepared, engine.manifest)
     bits = png_bits(images)
     np.testing.assert_allclose(SCORE_FNS["complexity"].compute(batch), batch.nll() / np.log(2) - bits)

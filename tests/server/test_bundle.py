@@ -6,13 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from tests.bundles import Encoder, LinearGaussian, write_bundle
+from vaeserve.api.bundle import publish_bundle, sha256_of, staging_dir
 from vaeserve.api.manifest import MANIFEST_FILE
-from vaeserve.server.engine.bundle import BundleError, load_bundle, publish_bundle, sha256_of, staging_dir
+from vaeserve.server.engine.bundle import BundleError, load_bundle
 from vaeserve.server.engine.engine import Engine
+from vaeserve.server.engine.graphs import MIN_OPSET, Variant, build_score_graph
+from vaeserve.server.engine.results import ScoreOptions
 from vaeserve.server.engine.runtime import RuntimeConfig
 from vaeserve.server.repository.model_settings import VersionPolicy
 
@@ -124,13 +128,20 @@ def test_not_onnx(bundle: Path) -> None:
 
 
 def test_older_opset_graphs_are_composed(tmp_path: Path, lg: LinearGaussian) -> None:
-    """A bundle from another exporter at opset 13 is converted for the fused graph."""
+    """A bundle from another exporter at opset 13 is converted for the fused graph, and scores as before."""
     bundle = write_bundle(tmp_path / "b", lg, Encoder())
     for model in (bundle.encoder, bundle.decoder):
         del model.opset_import[:]
         model.opset_import.append(onnx.helper.make_opsetid("", 13))
+    fused = build_score_graph(bundle, Variant("posterior"))
+    assert [(o.domain, o.version) for o in fused.opset_import] == [("", MIN_OPSET)]
+    onnx.checker.check_model(fused)
     engine = Engine(bundle, RuntimeConfig(device="cpu"))
     engine.warm_up()
+    x = lg.sample(6, seed=2)
+    result = engine.score(engine.prepare(x), ScoreOptions(k=50), seed=0)
+    # The exact posterior as proposal: every importance weight is p(x), so IWAE is log p(x) for any K.
+    np.testing.assert_allclose(result["log_px"], lg.log_px(x), atol=1e-4)
 
 
 def test_publishing_replaces_a_bundle_whole(bundle: Path, tmp_path: Path, lg: LinearGaussian) -> None:
@@ -139,7 +150,7 @@ def test_publishing_replaces_a_bundle_whole(bundle: Path, tmp_path: Path, lg: Li
     assert staging.parent == dest.parent and staging.name.startswith(".1.staging-")
     write_bundle(staging, lg, Encoder(shrink=0.5))
     first = publish_bundle(staging, dest)
-    assert first.path == dest and not staging.exists()
+    assert first == dest and not staging.exists()
     again = staging_dir(dest)
     write_bundle(again, lg, Encoder())
     publish_bundle(again, dest)

@@ -16,6 +16,7 @@ from tests.bundles import Encoder, LinearGaussian, write_bundle
 from tests.serving import RunningServer, server_settings
 from tests.v2.test_v2 import infer, outputs_of
 from vaeserve.api import codec
+from vaeserve.api.bundle import save_ensemble, update_manifest
 from vaeserve.api.manifest import MANIFEST_FILE, member_draws, member_seed
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
@@ -24,7 +25,6 @@ from vaeserve.api.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from vaeserve.client import Client
 from vaeserve.server.anomaly import AnomalyScorer, open_scorer
 from vaeserve.server.engine import BundleError, Engine, EnsembleEngine, RuntimeConfig, ScoreOptions, load_bundle
-from vaeserve.server.engine.bundle import save_ensemble, update_manifest
 from vaeserve.training.crossfit import calibrate_members
 
 CPU = RuntimeConfig(device="cpu")
@@ -174,4 +174,4 @@ def test_broken_ensembles_are_refused(tmp_path: Path) -> None:
         load_bundle(tmp_path)
     write_bundle(tmp_path / "member-1", LinearGaussian.random(dim=6, latent=3, s2=0.2, seed=2))
     with pytest.raises(BundleError, match="latent_dim 3 vs 2"):
-        save_ensemble(tmp_path, name="ens", version="1")
+        load_bundle(save_ensemble(tmp_path, name="ens", version="1"))

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vaeserve.api.bundle import update_manifest
 from vaeserve.server.anomaly import AnomalyScorer
-from vaeserve.server.engine.bundle import load_bundle, update_manifest
+from vaeserve.server.engine.bundle import load_bundle
 from vaeserve.server.engine.results import ScoreOptions
 from vaeserve.training import presets
 from vaeserve.training.cli import main

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vaeserve.api.datafiles import DataFileError, is_numeric_row, read_array
 from vaeserve.api.manifest import Manifest
-from vaeserve.client.files import DataFileError, is_numeric_row, read_array
 from vaeserve.server.engine.inputs import InputChecker
 from vaeserve.server.errors import InvalidArgument
 

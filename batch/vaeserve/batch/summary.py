@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from vaeserve.api.scores import anomaly_column
+from vaeserve.api.tables import format_table
 from vaeserve.batch.scoring import KEY_COLUMNS, ScoreSpec
-from vaeserve.client.tables import format_table
 
 __all__ = ["ColumnStats", "RunSummary", "column_stats"]
 

@@ -105,7 +105,8 @@ def decode_request(z: npt.ArrayLike, spec: pb.ModelSpec, *, sample: bool, seed: 
 
 
 def _params(decoded: pb.Decoded) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    params = {name: codec.from_proto(t) for name, t in decoded.params.items()}
+    # A protobuf map has no order: sorted by name, so files and printed lines come in the same order every time.
+    params = {name: codec.from_proto(decoded.params[name]) for name in sorted(decoded.params)}
     return params, _opt(decoded.x_sample, decoded.HasField("x_sample"))
 
 

@@ -7,10 +7,10 @@ import dataclasses
 import json
 from collections.abc import Callable
 
+from vaeserve.api.tables import format_table
 from vaeserve.client._base import LOAD_TIMEOUT_S
 from vaeserve.client._client import Client
 from vaeserve.client._results import ModelStatus
-from vaeserve.client.tables import format_table
 
 __all__ = ["COMMANDS", "add_commands"]
 

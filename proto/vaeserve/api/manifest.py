@@ -150,7 +150,8 @@ class Preprocessing(_Strict):
 
 
 class Estimate(_Strict):
-    """A mean over a data set with its standard error (nats per input)."""
+    """A mean over a data set with its standard error (nats per input) and the K of its estimator: one stored
+    figure of a training summary, not a per-input result."""
 
     value: float
     se: float

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from vaeserve.api.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.api.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from vaeserve.server.boundary.auth import Authenticator, read_tokens
-from vaeserve.server.boundary.calls import CallBoundary
+from vaeserve.server.boundary.guard import Guard
 from vaeserve.server.boundary.health import HealthService
 from vaeserve.server.boundary.interceptor import Boundary
 from vaeserve.server.boundary.metrics import Metrics
@@ -194,9 +194,9 @@ async def create_server(settings: Settings, worker: Worker | None = None) -> App
     limit = settings.max_message_mb << 20
     metrics = Metrics(multiprocess=worker is not None)
     held = None if settings.max_request_mb_in_flight is None else settings.max_request_mb_in_flight << 20
-    calls = CallBoundary(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings), held)
+    guard = Guard(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings), held)
     options = server_options(settings, reuse_port=worker is not None)
-    server = grpc.aio.server(interceptors=[Boundary(calls)], options=options)
+    server = grpc.aio.server(interceptors=[Boundary(guard)], options=options)
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)
     max_queue_s = None if settings.max_queue_ms is None else settings.max_queue_ms / 1000.0
@@ -205,10 +205,10 @@ async def create_server(settings: Settings, worker: Worker | None = None) -> App
     registry = ModelRegistry(
         source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s
     )
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(registry, worker.count if worker else 1), server)
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(registry, guard, worker.count if worker else 1), server)
     lifecycle = Lifecycle()
     plane = DataPlane(registry, lambda: not lifecycle.draining and bool(registry.ready_names()))
-    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, guard), server)
     health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -227,7 +227,7 @@ async def create_server(settings: Settings, worker: Worker | None = None) -> App
         if settings.http_port is not None:
             reuse = worker is not None
             http = HttpServer(
-                create_app(plane, calls, limit), settings.host, settings.http_port, settings.grace_s, reuse_port=reuse
+                create_app(plane, guard, limit), settings.host, settings.http_port, settings.grace_s, reuse_port=reuse
             )
             http.start()
         return port, http

@@ -1,6 +1,7 @@
 """Domain errors: what went wrong, in terms a caller can act on.
 
-The request boundary (``vaeserve.server.boundary``) maps each class to one status code::
+The request boundary maps each class to one status code (``vaeserve.server.boundary.status``, which
+also holds the HTTP status of each code)::
 
     ServingError
     ├── InvalidArgument   bad input: shape, dtype, values, options  -> INVALID_ARGUMENT

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from vaeserve.api.datafiles import DataFileError
 from vaeserve.api.manifest import TrainingSummary
-from vaeserve.client.files import DataFileError
-from vaeserve.client.tables import format_table
+from vaeserve.api.tables import format_table
 from vaeserve.server.engine.bundle import BundleError, load_bundle
 from vaeserve.training.baselines import compare
 from vaeserve.training.data import load_dataset

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaeserve.api.bundle import save_ensemble, update_manifest
 from vaeserve.api.manifest import Calibration, Standardization, TrainingSummary, member_dir, member_draws, member_seed
 from vaeserve.server.anomaly import AnomalyScorer
-from vaeserve.server.engine import EnsembleEngine, ScoreOptions, save_ensemble
-from vaeserve.server.engine.bundle import update_manifest
+from vaeserve.server.engine import EnsembleEngine, ScoreOptions, load_bundle
 from vaeserve.training.data import Dataset
 from vaeserve.training.evaluate import KRow, active_units, evaluate, mean_se
 from vaeserve.training.export import export_bundle
@@ -134,7 +134,7 @@ def run_members(config: RunConfig, staging: Path, data: Dataset, folds: int, why
         choices=choices,
         warnings=[small] if small else [],
     )
-    bundle = update_manifest(staging, training=summary.model_dump(), calibration=calibration.model_dump())
+    bundle = load_bundle(update_manifest(staging, training=summary.model_dump(), calibration=calibration.model_dump()))
     seconds = time.perf_counter() - started
     return RunReport(bundle, histories[0], test, test, summary.active_units or 0, parity, calibration, seconds)
 

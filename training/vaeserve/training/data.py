@@ -16,8 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from vaeserve.api.datafiles import DataFileError, read_array, read_labels
 from vaeserve.api.manifest import ImageLayout, Preprocessing
-from vaeserve.client.files import DataFileError, read_array, read_labels
 
 __all__ = [
     "BUILTIN",

@@ -15,8 +15,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from vaeserve.api.manifest import DECODER_OUTPUTS, MANIFEST_FILE
-from vaeserve.server.engine.bundle import Bundle, save_bundle
+from vaeserve.api.bundle import save_bundle
+from vaeserve.api.manifest import DECODER_INPUT, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUTS, MANIFEST_FILE
+from vaeserve.server.engine.bundle import Bundle, load_bundle
 from vaeserve.training.models import VAE
 
 __all__ = ["PARITY_TOLERANCE", "ExportError", "export_bundle", "to_onnx"]
@@ -75,8 +76,8 @@ def _graphs(vae: VAE) -> tuple[onnx.ModelProto, onnx.ModelProto, tuple[str, ...]
     outputs = DECODER_OUTPUTS[vae.config.likelihood]
     x = torch.rand(2, *vae.config.input_shape)
     z = torch.randn(2, vae.config.latent_dim)
-    encoder = to_onnx(_Encoder(vae), x, "x", ("z_mean", "z_logvar"))
-    decoder = to_onnx(_Decoder(vae, outputs), z, "z", outputs)
+    encoder = to_onnx(_Encoder(vae), x, ENCODER_INPUT, ENCODER_OUTPUTS)
+    decoder = to_onnx(_Decoder(vae, outputs), z, DECODER_INPUT, outputs)
     return encoder, decoder, outputs
 
 
@@ -90,10 +91,10 @@ def check_parity(vae: VAE, bundle: Bundle, x: np.ndarray) -> float:
         mu, logvar = vae.encode(torch.from_numpy(shaped))
         params = vae.decode(mu)
     worst = 0.0
-    for got, want in zip(encoder.run(["z_mean", "z_logvar"], {"x": shaped}), (mu, logvar)):
+    for got, want in zip(encoder.run(list(ENCODER_OUTPUTS), {ENCODER_INPUT: shaped}), (mu, logvar)):
         worst = max(worst, float(np.max(np.abs(got - want.numpy()))))
     names = bundle.manifest.decoder_outputs
-    for name, got in zip(names, decoder.run(list(names), {"z": mu.numpy()})):
+    for name, got in zip(names, decoder.run(list(names), {DECODER_INPUT: mu.numpy()})):
         worst = max(worst, float(np.max(np.abs(got - params[name].numpy()))))
     if worst > PARITY_TOLERANCE:
         raise ExportError(
@@ -112,7 +113,7 @@ def export_bundle(vae: VAE, out: Path, x_check: np.ndarray, **manifest: Any) -> 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (the server image)
     try:
-        bundle = save_bundle(staging, encoder, decoder, **manifest)
+        bundle = load_bundle(save_bundle(staging, encoder, decoder, **manifest))  # the server's full check
         parity = check_parity(vae, bundle, x_check)
         if out.exists():
             shutil.rmtree(out)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaeserve.api.bundle import publish_bundle, sha256_of, staging_dir, update_manifest
 from vaeserve.api.manifest import MANIFEST_FILE, TrainingSummary
-from vaeserve.server.engine import Bundle, load_bundle, publish_bundle
-from vaeserve.server.engine.bundle import sha256_of, staging_dir, update_manifest
+from vaeserve.server.engine import Bundle, load_bundle
 from vaeserve.training.crossfit import run_members
 from vaeserve.training.data import (
     BOUNDED,
@@ -137,7 +137,7 @@ def run(config: RunConfig) -> RunReport:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    report.bundle = publish_bundle(staging, config.out)
+    report.bundle = load_bundle(publish_bundle(staging, config.out))
     return report
 
 
@@ -220,7 +220,9 @@ def _run(config: RunConfig, staging: Path, why: str) -> RunReport:
         choices=choices,
         warnings=[small] if small else [],
     )
-    bundle = update_manifest(bundle.path, training=summary.model_dump(), calibration=calibration.model_dump())
+    bundle = load_bundle(
+        update_manifest(bundle.path, training=summary.model_dump(), calibration=calibration.model_dump())
+    )
     return RunReport(bundle, history, test_iwae, test_elbo, units, parity, calibration, time.perf_counter() - started)
 
 
@@ -255,8 +257,10 @@ def _train_background(config: RunConfig, model_config: VAEConfig, splits: Splits
     )
     manifest = load_bundle(staging).manifest
     relative = f"{BACKGROUND_DIR}/{MANIFEST_FILE}"
-    return update_manifest(
-        staging, background=BACKGROUND_DIR, sha256={**manifest.sha256, relative: sha256_of(staging / relative)}
+    return load_bundle(
+        update_manifest(
+            staging, background=BACKGROUND_DIR, sha256={**manifest.sha256, relative: sha256_of(staging / relative)}
+        )
     )
 
 

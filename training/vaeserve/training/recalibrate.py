@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 
+from vaeserve.api.bundle import update_manifest
 from vaeserve.api.manifest import Calibration
 from vaeserve.server.engine import EnsembleEngine
-from vaeserve.server.engine.bundle import Bundle, load_bundle, update_manifest
+from vaeserve.server.engine.bundle import Bundle, load_bundle
 from vaeserve.training.crossfit import calibrate_members
 from vaeserve.training.data import select_classes
 from vaeserve.training.evaluate import calibrate

@@ -1,4 +1,4 @@
-"""What every anomaly score module provides: a name, what it needs, and its computation on a batch."""
+"""What every anomaly score module provides: a name, what it needs, and its computation from the shared passes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.engine import Engine
 
 __all__ = ["AnomalyScoreFn"]
@@ -23,6 +23,6 @@ class AnomalyScoreFn(Protocol):
         """Why this model cannot compute the score, or None."""
         ...
 
-    def compute(self, batch: Batch) -> np.ndarray:
-        """float64 [B] scores of the batch's inputs."""
+    def compute(self, passes: SharedPasses) -> np.ndarray:
+        """float64 [B] scores of the passes' inputs."""
         ...

@@ -2,8 +2,8 @@
 
 No single score catches every kind of anomaly: a likelihood (and a reconstruction error) rates a blank
 image as more normal than any real one, while the complexity-corrected likelihood lets noise pass
-(see the README's probe table). `combined` takes, for each component, (score - median) / IQR with the
-median and interquartile range of normal validation rows, and keeps the largest. The standardization
+(docs: anomaly detection, the probe table). `combined` takes, for each component, (score - median) / IQR
+with the median and interquartile range of normal validation rows, and keeps the largest. The standardization
 is fixed before the calibration rows are scored, so `combined` is one more fixed score and its conformal
 p-value keeps the guarantee exactly: one flag, at level alpha, for "any component finds this extreme".
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from vaeserve.api.manifest import Manifest
 from vaeserve.server.anomaly.base import AnomalyScoreFn
-from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.engine import Engine
 
 __all__ = ["Combined", "component_names"]
@@ -40,7 +40,7 @@ class Combined:
             return "the calibration has no standardization of its components (vaeserve-train calibrate adds it)"
         return None
 
-    def compute(self, batch: Batch) -> np.ndarray:
-        spec = batch.standardization
+    def compute(self, passes: SharedPasses) -> np.ndarray:
+        spec = passes.standardization
         assert spec is not None
-        return spec.combine({name: batch.score(name, self.components[name].compute) for name in spec.components})
+        return spec.combine({name: passes.score(name, self.components[name].compute) for name in spec.components})

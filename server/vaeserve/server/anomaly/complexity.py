@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.engine import Engine
 
 __all__ = ["Complexity", "png_bits", "to_uint8"]
@@ -30,9 +30,9 @@ class Complexity:
             return "not an image model (the manifest has no image layout)"
         return None
 
-    def compute(self, batch: Batch) -> np.ndarray:
-        bits = png_bits(to_uint8(batch.x, batch.manifest))
-        return batch.nll() / math.log(2.0) - bits
+    def compute(self, passes: SharedPasses) -> np.ndarray:
+        bits = png_bits(to_uint8(passes.x, passes.manifest))
+        return passes.nll() / math.log(2.0) - bits
 
 
 def to_uint8(x: np.ndarray, manifest: Manifest) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.engine import Engine
 
 __all__ = ["LikelihoodRatio"]
@@ -26,5 +26,5 @@ class LikelihoodRatio:
             return "the bundle has no background model (train it with vaeserve-train train --background)"
         return None
 
-    def compute(self, batch: Batch) -> np.ndarray:
-        return batch.nll() - batch.background_nll()
+    def compute(self, passes: SharedPasses) -> np.ndarray:
+        return passes.nll() - passes.background_nll()

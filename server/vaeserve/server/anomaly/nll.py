@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.engine import Engine
 
 __all__ = ["Nll"]
@@ -18,5 +18,5 @@ class Nll:
     def unavailable(self, manifest: Manifest, background: Engine | None) -> str | None:
         return None
 
-    def compute(self, batch: Batch) -> np.ndarray:
-        return batch.nll()
+    def compute(self, passes: SharedPasses) -> np.ndarray:
+        return passes.nll()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.server.anomaly.batch import Batch
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.engine import Engine
 
 __all__ = ["Reconstruction"]
@@ -22,5 +22,5 @@ class Reconstruction:
     def unavailable(self, manifest: Manifest, background: Engine | None) -> str | None:
         return None
 
-    def compute(self, batch: Batch) -> np.ndarray:
-        return batch.sq_err()
+    def compute(self, passes: SharedPasses) -> np.ndarray:
+        return passes.sq_err()

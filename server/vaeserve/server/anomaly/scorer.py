@@ -16,11 +16,11 @@ import numpy as np
 from vaeserve.api.manifest import Calibration, Standardization, check_alpha
 from vaeserve.api.scores import ANOMALY_SCORES
 from vaeserve.server.anomaly.base import AnomalyScoreFn
-from vaeserve.server.anomaly.batch import Batch
 from vaeserve.server.anomaly.combined import Combined, component_names
 from vaeserve.server.anomaly.complexity import Complexity
 from vaeserve.server.anomaly.likelihood_ratio import LikelihoodRatio
 from vaeserve.server.anomaly.nll import Nll
+from vaeserve.server.anomaly.passes import SharedPasses
 from vaeserve.server.anomaly.reconstruction import Reconstruction
 from vaeserve.server.anomaly.results import AnomalyResult, TypicalityResult
 from vaeserve.server.anomaly.typicality import typicality
@@ -96,8 +96,8 @@ class AnomalyScorer:
         """The named scores of model-space inputs, with the calibration's K and seed."""
         calibration = self.calibration
         assert calibration is not None
-        batch = self._batch(x, names, calibration.k, calibration.seed, check, reused)
-        return {name: batch.score(name, SCORE_FNS[name].compute) for name in names}
+        passes = self._passes(x, names, calibration.k, calibration.seed, check, reused)
+        return {name: passes.score(name, SCORE_FNS[name].compute) for name in names}
 
     def judge(self, raw: dict[str, np.ndarray], names: Sequence[str], alpha: float) -> list[AnomalyResult]:
         """Percentiles, conformal p-values and flags at level alpha of the scores `names` of `raw`."""
@@ -149,8 +149,8 @@ class AnomalyScorer:
         """Every computable score of held-out normal model-space inputs, sorted, as served requests compute
         them; with a standardization (fixed on other normal rows: `standardize`), `combined` as well."""
         names = [name for name in self.computable() if name != "combined"]
-        batch = self._batch(x, names, k, seed, check, None)
-        raw = {name: batch.score(name, SCORE_FNS[name].compute) for name in names}
+        passes = self._passes(x, names, k, seed, check, None)
+        raw = {name: passes.score(name, SCORE_FNS[name].compute) for name in names}
         if standardization is not None:
             raw["combined"] = standardization.combine(raw)
         scores = {name: sorted(values.tolist()) for name, values in raw.items()}
@@ -162,9 +162,9 @@ class AnomalyScorer:
         """Medians and interquartile ranges of the `combined` score's components on normal model-space rows,
         which must not be the calibration rows (else the calibration scores would not be exchangeable)."""
         names = component_names(self.manifest)
-        batch = self._batch(x, names, k, seed, check, None)
+        passes = self._passes(x, names, k, seed, check, None)
         return Standardization(
-            components={name: _center_scale(SCORE_FNS[name].compute(batch)) for name in names}, dataset=dataset
+            components={name: _center_scale(SCORE_FNS[name].compute(passes)) for name in names}, dataset=dataset
         )
 
     def add(self, x: np.ndarray, dataset: str, check: Check = no_check) -> Calibration:
@@ -175,7 +175,7 @@ class AnomalyScorer:
         merged = {name: sorted([*values, *more[name].tolist()]) for name, values in calibration.scores.items()}
         return calibration.model_copy(update={"scores": merged, "dataset": with_dataset(calibration, dataset)})
 
-    def _batch(
+    def _passes(
         self,
         x: np.ndarray,
         names: Sequence[str],
@@ -183,11 +183,11 @@ class AnomalyScorer:
         seed: int,
         check: Check,
         reused: tuple[np.ndarray, np.ndarray | None] | None,
-    ) -> Batch:
+    ) -> SharedPasses:
         need_sq_err = any(SCORE_FNS[name].needs_sq_err for name in names)
         calibration = self.calibration
         standardization = calibration.standardization if calibration else None
-        return Batch(x, self.engine, self.background, k, seed, need_sq_err, check, reused, standardization)
+        return SharedPasses(x, self.engine, self.background, k, seed, need_sq_err, check, reused, standardization)
 
 
 def with_dataset(calibration: Calibration, dataset: str) -> str:

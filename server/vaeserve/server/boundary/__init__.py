@@ -1,1 +1,1 @@
-"""The one request boundary every gRPC service passes through: ids, admission, status codes, logs, metrics."""
+"""The request boundary every call passes through, gRPC and HTTP alike: ids, auth, admission, status, logs, metrics."""

@@ -1,11 +1,11 @@
 """The gRPC side of the request boundary: a grpc.aio server interceptor every service passes through.
 
-For each call it gives the request an id (the client's ``x-request-id`` metadata, or a new one)
-and sends it back in the trailing metadata of every reply, errors included; admits it or refuses
-it at once beyond ``max_in_flight`` (RESOURCE_EXHAUSTED); maps domain errors to status codes with
-their message (anything unexpected is logged with its traceback and answered INTERNAL); writes one
-log line; and records the request metrics, labelled by protocol and by the model and version that
-served it. A new service gets all of this by being added to the server: no per-method decorators.
+Each call goes through the request guard (`guard.py`: id, token, admission, status mapping, log
+line, metrics, shared with the HTTP routes); here it gets what is gRPC's own: the request id from
+the client's ``x-request-id`` metadata and back in the trailing metadata of every reply, errors
+included, and a refusal answered as its status code and message. A new service gets all of this
+by being added to the server: no per-method decorators. Its servicer finds the call's
+`RequestInfo` with `guard.request_of(context)`.
 
 Health checking and reflection pass through untouched: probes are never refused nor logged.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
 
-from vaeserve.server.boundary.calls import AUTHORIZATION_KEY, REQUEST_ID_KEY, CallBoundary, RequestInfo, status_of
+from vaeserve.server.boundary.guard import AUTHORIZATION_KEY, REQUEST_ID_KEY, Guard, Passage, RequestInfo
+from vaeserve.server.boundary.status import Refusal
 
 __all__ = ["Boundary", "Context"]
 
@@ -27,12 +28,13 @@ PASS_THROUGH = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.Serv
 PROTOCOLS = {"vaeserve.api.v1.VaeService": "v1", "inference.GRPCInferenceService": "v2"}
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_ANSWERED = (grpc.aio.AbortError,)  # a handler that called context.abort has answered its call itself
 _Interceptor: Any = grpc.aio.ServerInterceptor  # generic in grpc-stubs only, not at run time
 
 
 class Boundary(_Interceptor):  # type: ignore[misc]
-    def __init__(self, calls: CallBoundary) -> None:
-        self.calls = calls
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
         # The wrapped handler of each method, made on its first call: a server's services are fixed once
         # it starts, and building a handler per call costs more than the rest of the boundary.
         self._handlers: dict[str, Any] = {}
@@ -55,8 +57,8 @@ class Boundary(_Interceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         if service in PASS_THROUGH:
-            auth = self.calls.auth
-            return _guarded(handler, method, self.calls) if auth is not None and auth.guard_health else handler
+            auth = self.guard.auth
+            return _guarded(handler, method, self.guard) if auth is not None and auth.guard_health else handler
         protocol = PROTOCOLS.get(service, service)
         if handler.unary_unary and inspect.iscoroutinefunction(handler.unary_unary):
             return grpc.unary_unary_rpc_method_handler(
@@ -72,58 +74,36 @@ class Boundary(_Interceptor):  # type: ignore[misc]
             )
         return handler
 
-    def _begin(self, protocol: str, method: str, context: Context) -> tuple[RequestInfo, str | None]:
+    def _request(self, protocol: str, method: str, context: Context, in_bytes: int = 0, hold: bool = True) -> Passage:
         metadata = dict(context.invocation_metadata() or ())
-        given = metadata.get(REQUEST_ID_KEY)
-        info = self.calls.begin(protocol, method, str(given) if given else None)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
-        authorization = metadata.get(AUTHORIZATION_KEY)
-        return info, str(authorization) if authorization is not None else None
-
-    async def _abort(self, info: RequestInfo, exc: Exception, context: Context, in_bytes: int = 0) -> None:
-        """Answers the call with the error's status code and message; context.abort raises AbortError.
-
-        The log line and metrics are recorded first: abort sends the status before it raises, so a caller
-        could otherwise see its error before the server has counted it."""
-        code, message = self.calls.failed(info, exc)
-        self.calls.done(info, code.name, in_bytes, 0)
-        await context.abort(code, message, trailing_metadata=((REQUEST_ID_KEY, info.request_id),))
+        given, authorization = metadata.get(REQUEST_ID_KEY), metadata.get(AUTHORIZATION_KEY)
+        return self.guard.request(
+            protocol,
+            method,
+            request_id=str(given) if given else None,
+            authorization=str(authorization) if authorization is not None else None,
+            in_bytes=in_bytes,
+            hold=hold,
+            key=context,
+            answered=_ANSWERED,
+        )
 
     def _unary(
         self, protocol: str, method: str, behavior: Callable[[Message, Context], Awaitable[Message]]
     ) -> Callable[[Message, Context], Awaitable[Message]]:
-        calls = self.calls
+        log_requests = self.guard.log_requests
 
         async def handle(request: Message, context: Context) -> Message:
-            (info, authorization), code, out_bytes = self._begin(protocol, method, context), "OK", 0
-            in_bytes = request.ByteSize()  # known to protobuf without a pass over the tensors' bytes
-            try:
-                calls.authorize(method, authorization)
-                calls.admit()
-                try:
-                    calls.hold(in_bytes)
-                    try:
-                        reply = await behavior(request, context)
-                    finally:
-                        calls.unhold(in_bytes)
-                finally:
-                    calls.release()
-                if calls.log_requests:
-                    out_bytes = reply.ByteSize()
-                return reply
-            except grpc.aio.AbortError:
-                code = "ABORTED"
-                raise
-            except Exception as exc:
-                code = "recorded"
-                await self._abort(info, exc, context, in_bytes)
-                raise  # not reached: abort raised
-            except BaseException:
-                code = "CANCELLED"
-                raise
-            finally:
-                if code != "recorded":
-                    calls.done(info, code, in_bytes, out_bytes)
+            # ByteSize is known to protobuf without a pass over the tensors' bytes.
+            with self._request(protocol, method, context, request.ByteSize()) as info:
+                context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
+                if info.refusal is None:
+                    reply = await behavior(request, context)
+                    if log_requests:
+                        info.out_bytes = reply.ByteSize()
+            if info.refusal is not None:
+                await _abort(info.refusal, info, context)
+            return reply
 
         return handle
 
@@ -133,49 +113,40 @@ class Boundary(_Interceptor):  # type: ignore[misc]
         method: str,
         behavior: Callable[[AsyncIterator[Message], Context], AsyncIterator[Message]],
     ) -> Callable[[AsyncIterator[Message], Context], AsyncIterator[Message]]:
-        calls = self.calls
-
         async def handle(requests: AsyncIterator[Message], context: Context) -> AsyncIterator[Message]:
-            (info, authorization), code, sizes = self._begin(protocol, method, context), "OK", [0, 0]
-
-            async def counted() -> AsyncIterator[Message]:
-                async for request in requests:
-                    sizes[0] += request.ByteSize()
-                    yield request
-
-            try:
-                calls.authorize(method, authorization)
-                calls.admit()
-                try:
-                    async for reply in behavior(counted(), context):
-                        sizes[1] += reply.ByteSize()
+            # A stream's size is not known up front: it is counted as it arrives, not held.
+            with self._request(protocol, method, context, hold=False) as info:
+                context.set_trailing_metadata(((REQUEST_ID_KEY, info.request_id),))
+                if info.refusal is None:
+                    async for reply in behavior(_counted(requests, info), context):
+                        info.out_bytes += reply.ByteSize()
                         yield reply
-                finally:
-                    calls.release()
-            except grpc.aio.AbortError:
-                code = "ABORTED"
-                raise
-            except Exception as exc:
-                code = "recorded"
-                await self._abort(info, exc, context, sizes[0])
-            except BaseException:
-                code = "CANCELLED"
-                raise
-            finally:
-                if code != "recorded":
-                    calls.done(info, code, sizes[0], sizes[1])
+            if info.refusal is not None:
+                await _abort(info.refusal, info, context)
 
         return handle
 
 
-def _guarded(handler: Any, method: str, calls: CallBoundary) -> Any:
+async def _abort(refusal: Refusal, info: RequestInfo, context: Context) -> NoReturn:
+    """Answers a refused or failed call with its status code and message (context.abort raises AbortError).
+    The guard has counted it already: a caller never sees its error before the server has."""
+    await context.abort(refusal.code, refusal.message, trailing_metadata=((REQUEST_ID_KEY, info.request_id),))
+
+
+async def _counted(requests: AsyncIterator[Message], info: RequestInfo) -> AsyncIterator[Message]:
+    async for request in requests:
+        info.in_bytes += request.ByteSize()
+        yield request
+
+
+def _guarded(handler: Any, method: str, guard: Guard) -> Any:
     """Health or reflection behind the token check alone (no admission, log or metrics: probes stay cheap)."""
 
     async def check(context: Context) -> None:
-        try:
-            calls.authorize(method, dict(context.invocation_metadata() or ()).get(AUTHORIZATION_KEY))
-        except Exception as exc:
-            await context.abort(*status_of(exc))
+        authorization = dict(context.invocation_metadata() or ()).get(AUTHORIZATION_KEY)
+        refusal = guard.authorize(method, str(authorization) if authorization is not None else None)
+        if refusal is not None:
+            await context.abort(refusal.code, refusal.message)
 
     if handler.unary_unary:
         behavior = handler.unary_unary

@@ -4,15 +4,7 @@ Everything a number depends on lives here; serving, training and the benchmarks 
 through this package's names.
 """
 
-from vaeserve.server.engine.bundle import (
-    Bundle,
-    BundleError,
-    load_bundle,
-    publish_bundle,
-    save_bundle,
-    save_ensemble,
-    sha256_of,
-)
+from vaeserve.server.engine.bundle import Bundle, BundleError, load_bundle
 from vaeserve.server.engine.engine import Check, Engine, no_check
 from vaeserve.server.engine.ensemble import EnsembleEngine, open_engine
 from vaeserve.server.engine.noise import NoiseCache
@@ -33,8 +25,4 @@ __all__ = [
     "load_bundle",
     "no_check",
     "open_engine",
-    "publish_bundle",
-    "save_bundle",
-    "save_ensemble",
-    "sha256_of",
 ]

@@ -1,51 +1,28 @@
 """Loading a model bundle and checking it fully against its format's contract (1: one model; 2: an ensemble).
 
 Everything a bundle can get wrong is reported as a ``BundleError`` that names the file
-and the problem, before any session is created.
+and the problem, before any session is created. Bundles are written by ``vaeserve.api.bundle``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
-from pydantic import ValidationError
 
+from vaeserve.api.bundle import BundleError, check_hash, read_manifest
 from vaeserve.api.manifest import (
     DECODER_FILE,
     DECODER_INPUT,
     ENCODER_FILE,
     ENCODER_INPUT,
     ENCODER_OUTPUTS,
-    ENSEMBLE_FORMAT_VERSION,
-    FORMAT_VERSION,
     MANIFEST_FILE,
     Manifest,
 )
 
-__all__ = [
-    "Bundle",
-    "BundleError",
-    "load_bundle",
-    "publish_bundle",
-    "save_bundle",
-    "save_ensemble",
-    "sha256_of",
-    "staging_dir",
-    "update_manifest",
-]
-
-
-class BundleError(Exception):
-    """A bundle that cannot be served."""
+__all__ = ["Bundle", "BundleError", "load_bundle"]  # BundleError: what load_bundle raises
 
 
 @dataclass(frozen=True)
@@ -59,14 +36,6 @@ class Bundle:
     members: tuple[Bundle, ...] = ()
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     if not root.is_dir():
@@ -74,7 +43,7 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{root}: not a directory; a bundle is a directory holding {MANIFEST_FILE}, "
             f"{ENCODER_FILE} and {DECODER_FILE}"
         )
-    manifest = _read_manifest(root / MANIFEST_FILE)
+    manifest = read_manifest(root / MANIFEST_FILE)
     if manifest.ensemble:
         return _read_ensemble(root, manifest)
     encoder = _read_model(root / ENCODER_FILE, manifest.sha256[ENCODER_FILE])
@@ -97,7 +66,7 @@ def _read_background(root: Path, manifest: Manifest) -> Bundle | None:
     if manifest.background is None or manifest.background_manifest is None:
         return None
     relative = manifest.background_manifest
-    _check_hash(root / relative, manifest.sha256[relative])
+    check_hash(root / relative, manifest.sha256[relative])
     background = load_bundle(root / manifest.background)
     b = background.manifest
     if b.background is not None:
@@ -117,7 +86,7 @@ def _read_ensemble(root: Path, manifest: Manifest) -> Bundle:
     members = []
     for f, folder in enumerate(manifest.members):
         relative = manifest.member_manifest(f)
-        _check_hash(root / relative, manifest.sha256[relative])
+        check_hash(root / relative, manifest.sha256[relative])
         member = load_bundle(root / folder)
         m = member.manifest
         if m.ensemble or m.background is not None or m.calibration is not None:
@@ -143,105 +112,8 @@ def _read_ensemble(root: Path, manifest: Manifest) -> Bundle:
     return Bundle(root, manifest, members[0].encoder, members[0].decoder, None, tuple(members))
 
 
-def save_ensemble(path: str | Path, **fields: Any) -> Bundle:
-    """Writes the manifest of an ensemble whose members are already written as format-1 bundles in
-    path/member-<f>/ (their hashes, shapes and preprocessing from member 0's manifest), then loads it back."""
-    root = Path(path)
-    folders = sorted((p for p in root.glob("member-*") if (p / MANIFEST_FILE).is_file()), key=lambda p: int(p.name[7:]))
-    first = _read_manifest(folders[0] / MANIFEST_FILE)
-    inherited = {key: getattr(first, key) for key in ("input_shape", "latent_dim", "likelihood", "preprocessing")}
-    manifest = Manifest.model_validate(
-        {
-            "format_version": ENSEMBLE_FORMAT_VERSION,
-            **{k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in inherited.items()},
-            "image": first.image.model_dump() if first.image else None,
-            **fields,
-            "members": [p.name for p in folders],
-            "sha256": {f"{p.name}/{MANIFEST_FILE}": sha256_of(p / MANIFEST_FILE) for p in folders},
-        }
-    )
-    _write_manifest(root, manifest)
-    return load_bundle(root)
-
-
-def save_bundle(path: str | Path, encoder: onnx.ModelProto, decoder: onnx.ModelProto, **fields: Any) -> Bundle:
-    """Writes a bundle (the two graphs, their hashes and the manifest fields), then loads it back to check it."""
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    hashes = {}
-    for name, model in ((ENCODER_FILE, encoder), (DECODER_FILE, decoder)):
-        onnx.save(model, str(root / name))
-        hashes[name] = sha256_of(root / name)
-    _write_manifest(root, Manifest.model_validate({"format_version": FORMAT_VERSION, **fields, "sha256": hashes}))
-    return load_bundle(root)
-
-
-def update_manifest(path: str | Path, **changes: Any) -> Bundle:
-    """Rewrites manifest fields (training summary, calibration) of a valid bundle; the graphs stay as they are."""
-    bundle = load_bundle(path)
-    _write_manifest(bundle.path, Manifest.model_validate({**bundle.manifest.model_dump(), **changes}))
-    return load_bundle(bundle.path)
-
-
-def staging_dir(dest: str | Path) -> Path:
-    """A new hidden sibling of dest to write a bundle into; a repository never serves a hidden directory."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
-
-
-def publish_bundle(staging: str | Path, dest: str | Path) -> Bundle:
-    """Moves a complete bundle from staging to dest by one rename, after checking that it loads.
-
-    A bundle already at dest is first renamed aside (and removed after), so a reader sees the old
-    bundle or the new one whole, never a mix.
-    """
-    load_bundle(staging)
-    dest = Path(dest)
-    aside = dest.with_name(f".{dest.name}.replaced-{uuid.uuid4().hex[:8]}") if dest.exists() else None
-    if aside is not None:
-        os.rename(dest, aside)
-    os.rename(staging, dest)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-    return load_bundle(dest)
-
-
-def _write_manifest(root: Path, manifest: Manifest) -> None:
-    """Writes manifest.json by a rename, so a reader never sees half a file."""
-    text = manifest.model_dump_json(indent=2, exclude_none=True) + "\n"
-    partial = root / f".{MANIFEST_FILE}.partial"
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, root / MANIFEST_FILE)
-
-
-def _read_manifest(path: Path) -> Manifest:
-    if not path.is_file():
-        raise BundleError(f"{path}: missing; every bundle needs a {MANIFEST_FILE}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not readable JSON ({exc})") from exc
-    try:
-        return Manifest.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors())
-        raise BundleError(f"{path}: invalid manifest: {problems}") from exc
-
-
-def _check_hash(path: Path, expected_sha256: str) -> None:
-    if not path.is_file():
-        raise BundleError(f"{path}: missing; the manifest lists it")
-    actual = sha256_of(path)
-    if actual != expected_sha256:
-        raise BundleError(
-            f"{path}: sha256 mismatch (manifest {expected_sha256[:12]}..., file {actual[:12]}...); "
-            "the file was changed or corrupted after export"
-        )
-
-
 def _read_model(path: Path, expected_sha256: str) -> onnx.ModelProto:
-    _check_hash(path, expected_sha256)
+    check_hash(path, expected_sha256)
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)

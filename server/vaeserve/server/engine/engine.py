@@ -3,7 +3,8 @@
 Inputs are numpy arrays; the gRPC layer and the training package both call this module,
 so served scores, evaluation figures and calibration can never disagree. Methods are
 synchronous and thread-safe; long ones call `check()` between chunks so a caller can stop
-them (deadline, cancellation).
+them (deadline, cancellation). Drawing samples from the model is `sampling`'s; adaptive K is
+`adaptive`'s.
 """
 
 from __future__ import annotations
@@ -11,38 +12,32 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from vaeserve.api.manifest import DECODER_INPUT, ENCODER_INPUT, ENCODER_OUTPUTS, Manifest
+from vaeserve.server.engine.adaptive import score_adaptive
 from vaeserve.server.engine.bundle import Bundle, BundleError
 from vaeserve.server.engine.estimators import (
     ElboSums,
-    Estimate,
+    IwaeEstimates,
     LogMeanExp,
     gaussian_entropy,
     kl_to_standard_normal,
     log_standard_normal_const,
 )
-from vaeserve.server.engine.graphs import (
-    LOG_LIK,
-    PER_DIM,
-    SQ_ERR,
-    Z_LOGVAR,
-    Z_MEAN,
-    Z_SQ,
-    Variant,
-    build_score_graph,
-)
+from vaeserve.server.engine.graphs import Variant, build_score_graph
 from vaeserve.server.engine.inputs import InputChecker, require_finite
-from vaeserve.server.engine.noise import NoiseCache, NoiseSource, stream
+from vaeserve.server.engine.log_weights import Chunk, chunk_terms
+from vaeserve.server.engine.noise import NoiseCache, NoiseSource
 from vaeserve.server.engine.psis import KHAT_UNRELIABLE, tail_size
 from vaeserve.server.engine.results import ScoreOptions, ScoreResult
 from vaeserve.server.engine.runtime import RuntimeConfig, SizedRunner, choose_providers
+from vaeserve.server.engine.sampling import draw_x, importance_resample, posterior_draws
 from vaeserve.server.errors import InvalidArgument
 
-__all__ = ["Check", "Engine", "no_check", "score_adaptive"]
+__all__ = ["Check", "Engine", "no_check"]
 
 Check = Callable[[], None]
 # Built and warmed up at load; other combinations (per_dim with sq_err) are built on first use.
@@ -62,22 +57,11 @@ def no_check() -> None:
 
 @dataclass
 class _Estimation:
-    iwae: Estimate
+    iwae: IwaeEstimates
     elbo: ElboSums
     z_mean: np.ndarray
     z_logvar: np.ndarray
     sq_err: np.ndarray | None  # mean over the draws of ||x - E[x|z_k]||^2
-
-
-@dataclass
-class _Chunk:
-    log_lik: np.ndarray  # float64 [b, C]
-    log_pz: np.ndarray | None
-    log_w: np.ndarray
-    z_mean: np.ndarray | None = None
-    z_logvar: np.ndarray | None = None
-    per_dim: np.ndarray | None = None
-    sq_err: np.ndarray | None = None
 
 
 class Engine:
@@ -137,23 +121,15 @@ class Engine:
         """(mean, logvar, n draws per input [B, n, L], ESS or None).
 
         Draws come from q(z|x), or are importance-resampled from `proposals` draws of q, when the
-        proposals' ESS per input comes too. The i-th resampled draw of every input uses the
-        same uniform, so results do not depend on batch position.
+        proposals' ESS per input comes too.
         """
         mean, logvar = self.encode(x)
-        std = np.exp(0.5 * logvar)
         if not resample:
-            eps = self.noise.draws(seed, n)
-            return mean, logvar, (mean[:, None, :] + std[:, None, :] * eps[None]).astype(np.float32), None
+            return mean, logvar, posterior_draws(mean, logvar, self.noise.draws(seed, n)), None
         eps = self.noise.draws(seed, proposals)
         log_w = self._proposal_log_weights(x, proposals, seed, check)
-        weights = np.exp(log_w - log_w.max(axis=1, keepdims=True))
-        cdf = np.cumsum(weights, axis=1)
-        uniforms = stream(seed ^ 0x5EED).random(n)
-        picks = np.stack([np.minimum(np.searchsorted(c, uniforms * c[-1], side="right"), proposals - 1) for c in cdf])
-        samples = mean[:, None, :] + std[:, None, :] * eps[picks]
-        ess = weights.sum(axis=1) ** 2 / (weights * weights).sum(axis=1)
-        return mean, logvar, samples.astype(np.float32), ess
+        samples, ess = importance_resample(mean, logvar, eps, log_w, n, seed)
+        return mean, logvar, samples, ess
 
     def decode(self, z: np.ndarray) -> dict[str, np.ndarray]:
         if z.ndim != 2 or z.shape[1] != self.manifest.latent_dim:
@@ -177,17 +153,7 @@ class Engine:
 
     def sample_x(self, params: dict[str, np.ndarray], seed: int) -> np.ndarray:
         """x ~ p(x|z) for each row; row i uses row i of the seed's noise."""
-        rng = stream(seed ^ 0xD1CE)
-        if self.manifest.likelihood == "bernoulli":
-            probs = params["probs"]
-            return (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.float32)
-        if self.manifest.likelihood == "logistic":  # a logistic draw, on the nearest level in [0, 1]
-            mean, scale, width = params["mean"], np.exp(params["log_scale"]), self.manifest.level_width
-            u = rng.random(mean.shape, dtype=np.float32).clip(1e-6, 1 - 1e-6)
-            draw = mean + scale * (np.log(u) - np.log1p(-u))
-            return (np.clip(np.round(draw / width) * width, 0.0, 1.0)).astype(np.float32)
-        mean, logvar = params["mean"], params["logvar"]
-        return (mean + np.exp(0.5 * logvar) * rng.standard_normal(mean.shape, dtype=np.float32)).astype(np.float32)
+        return draw_x(self.manifest, params, seed)
 
     def sample_prior(self, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         z = self.noise.draws(seed, n)
@@ -292,30 +258,11 @@ class Engine:
                 iwae.add(rows, chunk.log_w)
         return _Estimation(iwae.result(), elbo, mean, logvar, None if sq_err is None else sq_err / k)
 
-    def _run_chunk(self, variant: Variant, x: np.ndarray, eps: np.ndarray, first_row: int) -> _Chunk:
+    def _run_chunk(self, variant: Variant, x: np.ndarray, eps: np.ndarray, first_row: int) -> Chunk:
         """One session run: log p(x|z_k), log p(z_k) and log w_k for draws eps [E, C, L] of inputs x."""
         rows = len(x) * eps.shape[1]
         out = dict(zip(variant.outputs, self._scorer(variant).run(variant.outputs, {"x": x, "eps": eps}, rows)))
-        log_lik = out[LOG_LIK].astype(np.float64) + self._log_lik_const
-        if variant.proposal == "prior":
-            chunk = _Chunk(log_lik=log_lik, log_pz=None, log_w=log_lik)
-        else:
-            latent_const = log_standard_normal_const(self.manifest.latent_dim)
-            logvar = out[Z_LOGVAR]
-            eps_sq = np.einsum("ecl,ecl->ec", eps, eps, dtype=np.float64)
-            log_pz = -0.5 * out[Z_SQ].astype(np.float64) + latent_const
-            log_q = -0.5 * eps_sq - 0.5 * logvar.astype(np.float64).sum(axis=1, keepdims=True) + latent_const
-            chunk = _Chunk(
-                log_lik=log_lik,
-                log_pz=log_pz,
-                log_w=log_lik + log_pz - log_q,
-                z_mean=out[Z_MEAN],
-                z_logvar=logvar,
-                per_dim=out.get(PER_DIM),
-                sq_err=out.get(SQ_ERR),
-            )
-        _require_finite_scores(chunk.log_w, first_row)
-        return chunk
+        return chunk_terms(variant, out, eps, self._log_lik_const, self.manifest.latent_dim, first_row)
 
     def _runner(self, variant: Variant) -> SizedRunner:
         return SizedRunner(build_score_graph(self.bundle, variant), self._config, self._providers, SMALL_RUN)
@@ -363,47 +310,6 @@ class Engine:
         self._estimate(x, 32, np.zeros(2, np.uint64), Variant("posterior"), no_check)  # the Pareto tail fit
 
 
-def score_adaptive(
-    score_fixed: Callable[[np.ndarray, ScoreOptions, np.ndarray, Check], ScoreResult],
-    x: np.ndarray,
-    options: ScoreOptions,
-    seeds: np.ndarray,
-    check: Check,
-) -> ScoreResult:
-    """Doubles K for the inputs whose log_px_se is above target_se, up to max_k.
-
-    Each round scores the inputs still open from scratch with the first K draws of their seeds,
-    so an input's numbers are exactly those of a plain request at its k_used (and never depend
-    on the other inputs); the cost is at most twice that of the last round.
-    """
-    assert options.target_se is not None
-    cap = max(options.max_k or options.k, options.k)
-    k, open_rows = options.k, np.arange(len(x))
-    k_used = np.zeros(len(x), np.int64)
-    result: ScoreResult | None = None
-    while True:
-        part = score_fixed(x[open_rows], replace(options, k=k, target_se=None), seeds[open_rows], check)
-        result = part.expanded(len(x), open_rows) if result is None else result.put(open_rows, part)
-        k_used[open_rows] = k
-        done = (part["log_px_se"] <= options.target_se) | (k >= cap)
-        open_rows = open_rows[~done]
-        if not len(open_rows):
-            break
-        k = min(2 * k, cap)
-    result.columns["k_used"] = k_used
-    return result
-
-
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     out: np.ndarray = np.exp(-np.logaddexp(0.0, -logits)).astype(np.float32)
     return out
-
-
-def _require_finite_scores(log_w: np.ndarray, first_row: int) -> None:
-    finite = np.isfinite(log_w).all(axis=1)
-    if not finite.all():
-        rows = [first_row + int(i) for i in np.flatnonzero(~finite)[:5]]
-        raise InvalidArgument(
-            f"x{rows}: the model's log-likelihood is not finite for these inputs; "
-            "they may lie far outside the data it was trained on"
-        )

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from vaeserve.api.manifest import Manifest, member_draws, member_seed
+from vaeserve.server.engine.adaptive import score_adaptive
 from vaeserve.server.engine.bundle import Bundle
-from vaeserve.server.engine.engine import Check, Engine, no_check, score_adaptive
+from vaeserve.server.engine.engine import Check, Engine, no_check
 from vaeserve.server.engine.noise import NoiseCache
 from vaeserve.server.engine.psis import KHAT_UNRELIABLE
 from vaeserve.server.engine.results import ScoreOptions, ScoreResult

@@ -22,7 +22,7 @@ from vaeserve.server.engine.psis import pareto_khat
 
 __all__ = [
     "ElboSums",
-    "Estimate",
+    "IwaeEstimates",
     "LogMeanExp",
     "gaussian_entropy",
     "kl_to_standard_normal",
@@ -46,7 +46,10 @@ def log_standard_normal_const(dim: int) -> float:
 
 
 @dataclass
-class Estimate:
+class IwaeEstimates:
+    """Per input (arrays [B]): IWAE_K log p(x), its standard error, the ESS and k-hat. Not the manifest's
+    `Estimate`, which is one stored figure over a data set."""
+
     log_px: np.ndarray
     se: np.ndarray
     ess: np.ndarray
@@ -78,14 +81,14 @@ class LogMeanExp:
             both = np.concatenate([self.top[rows], log_w], axis=1)
             self.top[rows] = np.partition(both, both.shape[1] - keep, axis=1)[:, -keep:]
 
-    def result(self) -> Estimate:
+    def result(self) -> IwaeEstimates:
         n = self.n.astype(np.float64)
         log_px = self.max + np.log(self.s1) - np.log(n)
         ess = self.s1 * self.s1 / self.s2
         with np.errstate(divide="ignore", invalid="ignore"):
             se = np.where(n > 1, np.sqrt(np.maximum(n / ess - 1.0, 0.0) / (n - 1.0)), np.nan)
         pareto_k = pareto_khat(self.top) if self.top is not None else np.full(len(self.n), np.nan)
-        return Estimate(log_px, se, ess, pareto_k)
+        return IwaeEstimates(log_px, se, ess, pareto_k)
 
 
 class ElboSums:

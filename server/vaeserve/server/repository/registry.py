@@ -16,19 +16,26 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from vaeserve.server.boundary.calls import current_request
 from vaeserve.server.engine import BundleError, ProviderUnavailable
 from vaeserve.server.errors import InvalidArgument, ModelNotFound, NotReady
 from vaeserve.server.repository.model_settings import ModelSettings
 from vaeserve.server.repository.source import ModelDir, Source, VersionDir
 from vaeserve.server.serving.model import Lease, ServedModel
 
-__all__ = ["Entry", "Loader", "ModelRegistry", "ModelState"]
+__all__ = ["Attributed", "Entry", "Loader", "ModelRegistry", "ModelState"]
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str, str, Path, ModelSettings], ServedModel]  # runs on a thread
+
+
+class Attributed(Protocol):
+    """A request as the boundary records it (its `RequestInfo`): told which model version serves it."""
+
+    model: str
+    version: str
 
 
 class ModelState(enum.Enum):
@@ -125,12 +132,11 @@ class ModelRegistry:
             f"this server serves several models ({', '.join(sorted(self._models))}); name one in ModelSpec.name"
         )
 
-    def lease(self, name: str, version: str) -> Lease:
-        """`async with registry.lease(name, version) as model:` the model a request names, held for the
-        request (it is not closed while the request runs), and named in the request's log and metrics."""
+    def lease(self, name: str, version: str, request: Attributed) -> Lease:
+        """`async with registry.lease(name, version, request) as model:` the model a request names, held for
+        the request (it is not closed while the request runs), and named on `request` for its log and metrics."""
         model = self.resolve(name, version)
-        info = current_request()
-        info.model, info.version = model.name, model.version
+        request.model, request.version = model.name, model.version
         return model.lease()
 
     # --- what there is ---------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The served model: one version's engine plus what serving adds (limits, defaults, batching, deadlines).
 
 Protocols hand it protocol-free calls (`serving.calls`) in raw units; it checks them against
-its limits, fills in its defaults, prepares the inputs and runs the work. Engine calls are
+its limits (`checks`), fills in its defaults (`policy`), and runs the work. Engine calls are
 CPU-bound and release the GIL inside onnxruntime, so they run on the process-wide thread pool
 shared by every model; the event loop stays free for the network. A call's `check` is polled
-between chunks of work, so a passed deadline or a cancelled call stops it there.
+between chunks of work, so a passed deadline or a cancelled call stops it there. Small calls of
+the same kind are merged into one run (`dynamic_batching`).
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 
 from vaeserve.api.manifest import Manifest
-from vaeserve.api.scores import ANOMALY_FIELDS, SCORE_COLUMNS
 from vaeserve.server.anomaly import alpha_of, open_scorer
 from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.engine import Engine, EnsembleEngine, ScoreOptions, ScoreResult, no_check
-from vaeserve.server.errors import Cancelled, DeadlineExceeded, InvalidArgument, LimitExceeded
-from vaeserve.server.serving.batcher import DynamicBatcher
+from vaeserve.server.errors import Cancelled, DeadlineExceeded
 from vaeserve.server.serving.calls import (
     DecodeCall,
     Decoded,
@@ -36,11 +35,14 @@ from vaeserve.server.serving.calls import (
     ScoreCall,
     Scored,
 )
+from vaeserve.server.serving.checks import Limits, RequestChecks
+from vaeserve.server.serving.dynamic_batching import DynamicBatcher
+from vaeserve.server.serving.lease import InFlight
+from vaeserve.server.serving.lease import Lease as _Lease
 from vaeserve.server.serving.policy import (
-    FALLBACK_K,
     AnomalyPlan,
     anomaly_plan,
-    default_anomaly_scores,
+    defaults_of,
     draws_per_input,
     run_score,
     score_options,
@@ -49,27 +51,9 @@ from vaeserve.server.serving.policy import (
 from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
 
-__all__ = ["Defaults", "Lease", "Limits", "ServedModel"]
+__all__ = ["Lease", "ServedModel"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_batch: int
-    max_k: int
-    max_samples: int
-    max_in_flight: int
-    max_message_bytes: int
-
-
-@dataclass(frozen=True)
-class Defaults:
-    k: int
-    seed: int
-    alpha: float
-    anomaly_scores: tuple[str, ...]  # what a Score request gets when it names none (the first fills `anomaly`)
-
 
 _BatchKey = str | tuple[str, ScoreOptions, AnomalyPlan]
 
@@ -105,20 +89,9 @@ class ServedModel:
         self.version = version or self.manifest.version
         self.path: Path = engine.bundle.path
         self.replica_id = settings.replica_id
-        calibration = self.manifest.calibration
-        self.limits = Limits(
-            settings.max_batch,
-            settings.max_k,
-            settings.max_samples,
-            settings.max_in_flight,
-            settings.max_message_mb << 20,
-        )
-        self.defaults = Defaults(
-            k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
-            seed=settings.default_seed,
-            alpha=settings.flag_alpha,
-            anomaly_scores=default_anomaly_scores(self.scorer, settings.anomaly_scores),
-        )
+        self.limits = Limits.of(settings)
+        self.checks = RequestChecks(self.limits, self.manifest, engine.prepare)
+        self.defaults = defaults_of(self.manifest, self.scorer, settings)
         self.warnings = self.scorer.warnings(self.defaults.alpha)
         self._work = work
         self._batching = settings.batching
@@ -128,81 +101,30 @@ class ServedModel:
         self._batch_max_inputs = settings.batch_max_inputs
         self._batch_max_delay_s = settings.batch_max_delay_ms / 1e3
         self.metrics = metrics
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._in_flight = InFlight()
 
     # --- requests in flight, so a retired version finishes its work before it closes -----------
 
     def lease(self) -> Lease:
-        """`async with model.lease():` holds the model for a request (a class, not a generator: it runs on
-        every request, and an async generator context costs several times as much)."""
-        return Lease(self)
+        """`async with model.lease():` holds the model for a request."""
+        return self._in_flight.lease(self)
 
-    def _enter(self) -> None:
-        self.in_flight += 1
-        self._idle.clear()
-
-    def _exit(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight.count
 
     async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-    # --- request checks ------------------------------------------------------------------------
-
-    def check_batch(self, n: int, what: str = "x") -> None:
-        if n > self.limits.max_batch:
-            raise LimitExceeded(
-                f"{what} has {n} inputs; max_batch is {self.limits.max_batch} (split the request, or use ScoreStream)"
-            )
-
-    def check_k(self, k: int, what: str = "k") -> None:
-        if k < 1:
-            raise InvalidArgument(f"{what} must be at least 1, got {k}")
-        if k > self.limits.max_k:
-            raise LimitExceeded(f"{what}={k} is above max_k={self.limits.max_k}")
-
-    def check_samples(self, n: int, what: str) -> None:
-        if n > self.limits.max_samples:
-            raise LimitExceeded(f"{what} asks for {n} latent draws; max_samples is {self.limits.max_samples}")
-
-    def check_reply(self, nbytes: int, what: str) -> None:
-        """Refuses, before any work, a request whose reply could not be sent."""
-        if nbytes > self.limits.max_message_bytes:
-            raise LimitExceeded(
-                f"{what} would make a reply of about {nbytes / 2**20:.0f} MB; the limit is "
-                f"{self.limits.max_message_bytes / 2**20:.0f} MB (max_message_mb): ask for fewer inputs at once"
-            )
-
-    def prepare(self, raw: np.ndarray) -> np.ndarray:
-        """Raw inputs as sent -> checked model-space float32 [B, D]."""
-        if raw.ndim >= 1:
-            self.check_batch(raw.shape[0])
-        return self.engine.prepare(raw)
+        await self._in_flight.wait_idle()
 
     def _seed(self, seed: int | None) -> int:
         return self.defaults.seed if seed is None else seed
 
-    def _decoded_bytes(self, n: int, sample: bool) -> int:
-        """Bytes of decoded parameters: two float32 tensors (and a sample) per row, and some framing."""
-        return 4 * n * self.manifest.dim * (2 + int(sample)) + 4096
-
     # --- the calls -----------------------------------------------------------------------------
 
     async def encode(self, call: EncodeCall, deadline: float | None = None) -> Encoded:
-        x = self.prepare(call.x)
-        n, latent = call.n_samples, self.manifest.latent_dim
-        self.check_samples(n * len(x), f"{len(x)} inputs x n_samples={n}")
         proposals = self.defaults.k if call.proposals is None else call.proposals
-        if call.resample:
-            if n < 1:
-                raise InvalidArgument("importance resampling needs n_samples >= 1")
-            self.check_k(proposals, "proposals")
-            self.check_samples(proposals * len(x) // 10, f"{len(x)} inputs x proposals={proposals} / 10")
-        self.check_reply(4 * len(x) * latent * (2 + n), f"{len(x)} inputs x n_samples={n}")
+        x = self.checks.encode(call, proposals)
+        n = call.n_samples
         seed = self._seed(call.seed)
         self._count("Encode", len(x))
         if n == 0:
@@ -218,20 +140,12 @@ class ServedModel:
         return Encoded(mean, logvar, samples, ess, seed)
 
     async def decode(self, call: DecodeCall) -> Decoded:
-        z = call.z
-        if z.ndim != 2 or z.shape[1] != self.manifest.latent_dim:
-            raise InvalidArgument(f"z has shape {tuple(z.shape)}; this model takes (N, {self.manifest.latent_dim})")
-        self.check_batch(len(z), "z")
-        self.check_reply(self._decoded_bytes(len(z), call.sample), f"decoding {len(z)} latents")
+        z = self.checks.decode(call)
         self._count("Decode", len(z))
-        return await self._decoded(np.asarray(z, dtype=np.float32), call.sample, self._seed(call.seed))
+        return await self._decoded(z, call.sample, self._seed(call.seed))
 
     async def sample(self, call: SampleCall) -> Sampled:
-        if call.n < 1:
-            raise InvalidArgument("n must be at least 1")
-        self.check_samples(call.n, f"n={call.n}")
-        z_bytes = 4 * call.n * self.manifest.latent_dim
-        self.check_reply(self._decoded_bytes(call.n, call.sample_x) + z_bytes, f"n={call.n} samples")
+        self.checks.sample(call)
         seed = self._seed(call.seed)
         self._count("Sample", call.n)
         z = await self.call(lambda check: self.engine.noise.draws(seed, call.n), rows=call.n)
@@ -246,10 +160,10 @@ class ServedModel:
 
     async def score(self, call: ScoreCall, deadline: float | None = None) -> Scored:
         k = self.defaults.k if call.k is None else call.k
-        self.check_k(k)
+        self.checks.k(k)
         alpha = alpha_of(call.alpha, call.threshold_quantile, self.defaults.alpha)
-        target_se, max_k = self._adaptive(call, k)
-        x = self.prepare(call.x)
+        target_se, max_k = self.checks.adaptive(call, k)
+        x = self.checks.inputs(call.x)
         seed = self._seed(call.seed)
         plan, skipped = anomaly_plan(
             self.scorer,
@@ -270,25 +184,10 @@ class ServedModel:
             target_se=target_se,
             max_k=max_k,
         )
-        per_input = 8 * (len(SCORE_COLUMNS) + 2 + len(ANOMALY_FIELDS) * len(plan.names))
-        per_input += self.manifest.dim * (8 * call.per_dim + 4 * call.reconstruction)
-        self.check_reply(len(x) * per_input, f"scoring {len(x)} inputs")
+        self.checks.score_reply(len(x), len(plan.names), call)
         scored = await self._score(_ScoreItem(x, seed, options, plan, alpha, deadline))
         warnings = [*scored.warnings, *([skipped] if skipped else [])]
         return replace(scored, warnings=warnings) if skipped else scored
-
-    def _adaptive(self, call: ScoreCall, k: int) -> tuple[float | None, int | None]:
-        if call.target_se is None:
-            if call.max_k is not None:
-                raise InvalidArgument("max_k goes with target_se (adaptive K); for a fixed K set k")
-            return None, None
-        if not call.target_se > 0.0:
-            raise InvalidArgument(f"target_se must be above 0, got {call.target_se}")
-        max_k = self.limits.max_k if call.max_k is None else call.max_k
-        self.check_k(max_k, "max_k")
-        if max_k < k:
-            raise InvalidArgument(f"max_k={max_k} is below k={k}: adaptive K starts at k and doubles up to max_k")
-        return call.target_se, max_k
 
     # --- execution ------------------------------------------------------------------------------
 
@@ -407,25 +306,13 @@ class ServedModel:
             await batcher.close()
 
 
-class Lease:
-    """A served model held by a request: not closed while the request runs."""
-
-    __slots__ = ("model",)
-
-    def __init__(self, model: ServedModel) -> None:
-        self.model = model
-
-    async def __aenter__(self) -> ServedModel:
-        self.model._enter()
-        return self.model
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.model._exit()
-
-
 def _spans(parts: list[np.ndarray]) -> list[slice]:
     spans, start = [], 0
     for part in parts:
         spans.append(slice(start, start + len(part)))
         start += len(part)
     return spans
+
+
+# What the registry hands a request: this model, held while the request runs.
+Lease: TypeAlias = _Lease[ServedModel]

@@ -21,12 +21,15 @@ from vaeserve.server.anomaly import TYPICALITY_UNAVAILABLE, AnomalyScorer
 from vaeserve.server.engine import Engine, EnsembleEngine, ScoreOptions, ScoreResult
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.serving.calls import Scored
+from vaeserve.server.settings import Settings
 
 __all__ = [
     "FALLBACK_K",
     "AnomalyPlan",
+    "Defaults",
     "anomaly_plan",
     "default_anomaly_scores",
+    "defaults_of",
     "draws_per_input",
     "output_columns",
     "run_score",
@@ -35,6 +38,28 @@ __all__ = [
 ]
 
 FALLBACK_K = 1000  # K of a model without a calibration, when a request gives none
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a request gets for what it leaves out."""
+
+    k: int
+    seed: int
+    alpha: float
+    anomaly_scores: tuple[str, ...]  # what a Score request gets when it names none (the first fills `anomaly`)
+
+
+def defaults_of(manifest: Manifest, scorer: AnomalyScorer, settings: Settings) -> Defaults:
+    """A served model's defaults: its settings' (the model's own file over the server's), else the calibration's
+    K (else FALLBACK_K)."""
+    calibration = manifest.calibration
+    return Defaults(
+        k=settings.default_k or (calibration.k if calibration else FALLBACK_K),
+        seed=settings.default_seed,
+        alpha=settings.flag_alpha,
+        anomaly_scores=default_anomaly_scores(scorer, settings.anomaly_scores),
+    )
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 `*_from_pb` decode a request's tensors (dtype, shape and byte checks of the codec) and fields into
 a call in raw units, with unset fields left None for the model's defaults; `*_to_pb` build replies.
-Pure functions: no limits, no defaults, no numbers computed here.
+Pure functions: no limits, no defaults, no numbers computed here; a reply's header takes the request id
+the servicer was given by the request guard.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from vaeserve.api import codec
 from vaeserve.api.scores import ANOMALY_FIELDS, ANOMALY_SCORES, SCORE_COLUMNS
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.server.anomaly import AnomalyResult, TypicalityResult
-from vaeserve.server.boundary.calls import current_request
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.repository.registry import Entry, ModelState
 from vaeserve.server.serving.calls import (
@@ -60,12 +60,9 @@ _STATE = {
 SERVER_VERSION = version("vaeserve-server")
 
 
-def header(model: ServedModel) -> pb.ReplyHeader:
+def header(model: ServedModel, request_id: str) -> pb.ReplyHeader:
     return pb.ReplyHeader(
-        model_name=model.name,
-        model_version=model.version,
-        replica_id=model.replica_id,
-        request_id=current_request().request_id,
+        model_name=model.name, model_version=model.version, replica_id=model.replica_id, request_id=request_id
     )
 
 
@@ -79,10 +76,10 @@ def _seed(request: pb.EncodeRequest | pb.DecodeRequest | pb.SampleRequest | pb.S
     return int(request.seed) if request.HasField("seed") else None
 
 
-def model_info_to_pb(model: ServedModel) -> pb.GetModelInfoResponse:
+def model_info_to_pb(model: ServedModel, request_id: str) -> pb.GetModelInfoResponse:
     m, limits, defaults = model.manifest, model.limits, model.defaults
     return pb.GetModelInfoResponse(
-        header=header(model),
+        header=header(model, request_id),
         input_shape=m.input_shape,
         latent_dim=m.latent_dim,
         likelihood=_LIKELIHOOD[m.likelihood],
@@ -128,9 +125,9 @@ def encode_from_pb(request: pb.EncodeRequest) -> EncodeCall:
     )
 
 
-def encode_to_pb(model: ServedModel, encoded: Encoded) -> pb.EncodeResponse:
+def encode_to_pb(model: ServedModel, encoded: Encoded, request_id: str) -> pb.EncodeResponse:
     reply = pb.EncodeResponse(
-        header=header(model),
+        header=header(model, request_id),
         z_mean=codec.to_proto(encoded.z_mean),
         z_logvar=codec.to_proto(encoded.z_logvar),
         seed=encoded.seed,
@@ -158,17 +155,17 @@ def _decoded_to_pb(decoded: Decoded) -> pb.Decoded:
     return message
 
 
-def decode_to_pb(model: ServedModel, decoded: Decoded) -> pb.DecodeResponse:
-    return pb.DecodeResponse(header=header(model), decoded=_decoded_to_pb(decoded), seed=decoded.seed)
+def decode_to_pb(model: ServedModel, decoded: Decoded, request_id: str) -> pb.DecodeResponse:
+    return pb.DecodeResponse(header=header(model, request_id), decoded=_decoded_to_pb(decoded), seed=decoded.seed)
 
 
 def sample_from_pb(request: pb.SampleRequest) -> SampleCall:
     return SampleCall(n=int(request.n), seed=_seed(request), sample_x=request.sample_x)
 
 
-def sample_to_pb(model: ServedModel, sampled: Sampled) -> pb.SampleResponse:
+def sample_to_pb(model: ServedModel, sampled: Sampled, request_id: str) -> pb.SampleResponse:
     return pb.SampleResponse(
-        header=header(model),
+        header=header(model, request_id),
         z=codec.to_proto(sampled.z),
         decoded=_decoded_to_pb(sampled.decoded),
         seed=sampled.decoded.seed,
@@ -220,9 +217,11 @@ def _typicality_to_pb(t: TypicalityResult) -> pb.Typicality:
     )
 
 
-def score_to_pb(model: ServedModel, scored: Scored) -> pb.ScoreResponse:
+def score_to_pb(model: ServedModel, scored: Scored, request_id: str) -> pb.ScoreResponse:
     result = scored.result
-    reply = pb.ScoreResponse(header=header(model), k=scored.options.k, seed=scored.seed, warnings=scored.warnings)
+    reply = pb.ScoreResponse(
+        header=header(model, request_id), k=scored.options.k, seed=scored.seed, warnings=scored.warnings
+    )
     columns = scored.columns()
     for column in SCORE_COLUMNS:
         value = columns.get(column.name)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from vaeserve.api.scores import ANOMALY_FIELDS, ANOMALY_SCORES, SCORE_COLUMNS, anomaly_column
+from vaeserve.server.boundary.guard import RequestInfo
 from vaeserve.server.errors import InvalidArgument, ModelNotFound, NotReady
 from vaeserve.server.protocols.v2.tensors import datatype_of
 from vaeserve.server.repository.registry import ModelRegistry, ModelState
@@ -147,13 +148,14 @@ class DataPlane:
         inputs: dict[str, np.ndarray],
         parameters: dict[str, Param],
         outputs: list[str] | None,
+        info: RequestInfo,
         deadline: float | None = None,
     ) -> Inferred:
         base, kind = split_name(name)
         if not base:
             raise InvalidArgument("name the model (model_name is empty)")
         params = _parameters(name, kind, parameters)
-        async with self.registry.lease(base, version) as model:
+        async with self.registry.lease(base, version, info) as model:
             declared_in, declared_out = signature(model, kind)
             expected = {s.name for s in declared_in}
             if set(inputs) != expected:

@@ -1,8 +1,8 @@
 """inference.GRPCInferenceService: the Open Inference Protocol over gRPC, on the same port as VaeService.
 
 Each method decodes the request, calls the data plane, encodes the reply; outputs travel as
-raw_output_contents (what tritonclient reads). The server interceptor gives these methods the
-same request ids, admission, status codes, logs and metrics as VaeService.
+raw_output_contents (what tritonclient reads). The server interceptor passes every call through the
+request guard, as for VaeService: the same request ids, admission, status codes, logs and metrics.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from vaeserve.api.v2 import grpc_predict_v2_pb2 as v2
 from vaeserve.api.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from vaeserve.server.boundary.guard import Guard
 from vaeserve.server.boundary.interceptor import Context
 from vaeserve.server.errors import InvalidArgument
 from vaeserve.server.protocols.v2.dataplane import DataPlane, Param, TensorSpec
@@ -61,8 +62,9 @@ def _metadata(spec: TensorSpec) -> v2.ModelMetadataResponse.TensorMetadata:
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, guard: Guard) -> None:
         self.plane = plane
+        self.guard = guard
 
     async def ServerLive(self, request: v2.ServerLiveRequest, context: Context) -> v2.ServerLiveResponse:
         return v2.ServerLiveResponse(live=True)
@@ -95,6 +97,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             _inputs(request),
             {key: _param(value) for key, value in request.parameters.items()},
             [o.name for o in request.outputs] or None,
+            self.guard.request_of(context),
             None if remaining is None else time.monotonic() + remaining,
         )
         reply = v2.ModelInferResponse(

@@ -17,7 +17,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import numpy as np
 import uvicorn
 from starlette.applications import Starlette
@@ -25,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vaeserve.server.boundary.calls import AUTHORIZATION_KEY, REQUEST_ID_KEY, CallBoundary
+from vaeserve.server.boundary.guard import AUTHORIZATION_KEY, REQUEST_ID_KEY, Guard, RequestInfo
 from vaeserve.server.errors import InvalidArgument, LimitExceeded
 from vaeserve.server.protocols.v2.dataplane import DataPlane, Param, TensorSpec
 from vaeserve.server.protocols.v2.tensors import DATATYPES, datatype_of, from_json, from_raw, to_json, to_raw
@@ -33,17 +32,7 @@ from vaeserve.server.protocols.v2.tensors import DATATYPES, datatype_of, from_js
 __all__ = ["HttpServer", "create_app"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-}
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request, RequestInfo], Awaitable[Response]]
 
 
 def _spec(spec: TensorSpec) -> dict[str, Any]:
@@ -101,48 +90,43 @@ def _parse_infer(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
     return header, inputs
 
 
-def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> Starlette:
-    def route(method: str, handler: Handler) -> Handler:
-        """The request boundary for HTTP: id, admission, status codes as HTTP codes, log line, metrics."""
+def create_app(plane: DataPlane, guard: Guard, max_body_bytes: int) -> Starlette:
+    def route(method: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Each call through the request guard; a refusal answered as its HTTP status and a JSON error."""
 
         async def handle(request: Request) -> Response:
-            info = calls.begin("v2-http", method, request.headers.get(REQUEST_ID_KEY))
-            code, response = "OK", None
-            size = int(request.headers.get("content-length") or 0)
-            try:
-                calls.authorize(method, request.headers.get(AUTHORIZATION_KEY))
-                calls.admit()
-                try:
-                    calls.hold(size)
-                    try:
-                        response = await handler(request)
-                    finally:
-                        calls.unhold(size)
-                finally:
-                    calls.release()
-            except Exception as exc:
-                status, message = calls.failed(info, exc)
-                code = status.name
-                response = JSONResponse({"error": message}, status_code=_HTTP_STATUS.get(status, 500))
-            finally:
-                calls.done(info, code, size)
+            headers = request.headers
+            response: Response | None = None
+            passage = guard.request(
+                "v2-http",
+                method,
+                request_id=headers.get(REQUEST_ID_KEY),
+                authorization=headers.get(AUTHORIZATION_KEY),
+                in_bytes=int(headers.get("content-length") or 0),
+            )
+            with passage as info:
+                if info.refusal is None:
+                    response = await handler(request, info)
+            if info.refusal is not None:
+                response = JSONResponse({"error": info.refusal.message}, status_code=info.refusal.http_status)
+            assert response is not None  # the guard lets no call out without a response or a refusal
             response.headers[REQUEST_ID_KEY] = info.request_id
             return response
 
         return handle
 
-    async def live(request: Request) -> Response:
+    async def live(request: Request, info: RequestInfo) -> Response:
         return JSONResponse({"live": True})
 
-    async def ready(request: Request) -> Response:
+    async def ready(request: Request, info: RequestInfo) -> Response:
         ok = plane.server_ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    async def server_metadata(request: Request) -> Response:
+    async def server_metadata(request: Request, info: RequestInfo) -> Response:
         name, version, extensions = plane.server_metadata()
         return JSONResponse({"name": name, "version": version, "extensions": extensions})
 
-    async def model_metadata(request: Request) -> Response:
+    async def model_metadata(request: Request, info: RequestInfo) -> Response:
         p = request.path_params
         name, versions, inputs, outputs = plane.model_metadata(p["name"], p.get("version", ""))
         return JSONResponse(
@@ -155,13 +139,13 @@ def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> St
             }
         )
 
-    async def model_ready(request: Request) -> Response:
+    async def model_ready(request: Request, info: RequestInfo) -> Response:
         p = request.path_params
         plane.model_metadata(p["name"], p.get("version", ""))  # NOT_FOUND (404) for a model not served
         ok = plane.model_ready(p["name"], p.get("version", ""))
         return JSONResponse({"name": p["name"], "ready": ok}, status_code=200 if ok else 503)
 
-    async def infer(request: Request) -> Response:
+    async def infer(request: Request, info: RequestInfo) -> Response:
         p = request.path_params
         header, inputs = _parse_infer(await _body(request, max_body_bytes), request.headers.get(HEADER_LENGTH))
         parameters: dict[str, Param] = header.get("parameters") or {}
@@ -173,7 +157,7 @@ def create_app(plane: DataPlane, calls: CallBoundary, max_body_bytes: int) -> St
         if not isinstance(parameters, dict):
             raise InvalidArgument('"parameters" must be a JSON object')
         inferred = await plane.infer(
-            p["name"], p.get("version", ""), inputs, parameters, [o["name"] for o in requested or []] or None
+            p["name"], p.get("version", ""), inputs, parameters, [o["name"] for o in requested or []] or None, info
         )
         binary_all = bool(parameters.get("binary_data_output", False))
         binary = {o["name"] for o in requested or [] if (o.get("parameters") or {}).get("binary_data", binary_all)}

@@ -2,6 +2,11 @@
 
 Each decoder refuses what a peer can get wrong (an unknown or unaccepted datatype, a bad shape,
 a byte or element count that does not match the shape) with a message naming the tensor.
+
+Why not `vaeserve.api.codec` alone: the Open Inference Protocol names its datatypes ("FP32") where
+VaeService has an enum, and carries tensors in two more forms (typed `contents`, JSON lists) whose
+values are not bytes; and its clients (tritonclient) already read these messages. What the two
+share is the codec's: the dtypes and their little-endian byte order, the shape rule, byte decoding.
 """
 
 from __future__ import annotations
@@ -12,20 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from vaeserve.api.codec import MAX_DIMS
+from vaeserve.api import codec
 from vaeserve.api.v2 import grpc_predict_v2_pb2 as v2
 from vaeserve.server.errors import InvalidArgument
 
 __all__ = ["DATATYPES", "datatype_of", "from_contents", "from_json", "from_raw", "to_json", "to_raw"]
 
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
+_V2_NAMES = {"bool": "BOOL", "uint8": "UINT8", "int32": "INT32", "int64": "INT64", "float32": "FP32", "float64": "FP64"}
+DATATYPES: dict[str, np.dtype] = {v2_name: codec.DTYPES[name] for name, v2_name in _V2_NAMES.items()}
 _NAME_OF = {dtype: name for name, dtype in DATATYPES.items()}
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -38,14 +37,19 @@ _CONTENTS_FIELD = {
 
 
 def datatype_of(array: np.ndarray) -> str:
-    return _NAME_OF[array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype]
+    wire = codec.wire_dtype(array.dtype)
+    if wire is None:  # outputs are the server's own arrays: a bug, not the caller's doing
+        raise TypeError(f"dtype {array.dtype} has no V2 datatype")
+    return _NAME_OF[wire]
 
 
 def _check(name: str, datatype: str, shape: Sequence[int], accepted: Collection[str]) -> tuple[np.dtype, int]:
     if datatype not in accepted:
         raise InvalidArgument(f"{name} has datatype {datatype or '(none)'}; send one of {', '.join(accepted)}")
-    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise InvalidArgument(f"{name} has shape {list(shape)}; dimensions must be >= 0, at most {MAX_DIMS} of them")
+    if not codec.valid_shape(shape):
+        raise InvalidArgument(
+            f"{name} has shape {list(shape)}; dimensions must be >= 0, at most {codec.MAX_DIMS} of them"
+        )
     return DATATYPES[datatype], math.prod(shape)
 
 
@@ -55,7 +59,7 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], data: bytes, accept
         raise InvalidArgument(
             f"{name} has {len(data)} bytes; shape {list(shape)} of {datatype} needs {count * dtype.itemsize}"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(tuple(shape))
+    return codec.reshaped(np.frombuffer(data, dtype=dtype), tuple(shape), name)
 
 
 def from_contents(
@@ -65,7 +69,7 @@ def from_contents(
     values = getattr(contents, _CONTENTS_FIELD[datatype])
     if len(values) != count:
         raise InvalidArgument(f"{name} has {len(values)} values in contents; shape {list(shape)} needs {count}")
-    return np.asarray(values, dtype=dtype).reshape(tuple(shape))
+    return codec.reshaped(np.asarray(values, dtype=dtype), tuple(shape), name)
 
 
 def from_json(name: str, datatype: str, shape: Sequence[int], data: Any, accepted: Collection[str]) -> np.ndarray:
@@ -81,11 +85,11 @@ def from_json(name: str, datatype: str, shape: Sequence[int], data: Any, accepte
         raise InvalidArgument(f"{name}: data holds {flat.dtype.kind!r} values, not numbers")
     if dtype.kind in "iu" and flat.dtype.kind == "f" and not np.all(np.mod(flat, 1) == 0):
         raise InvalidArgument(f"{name} is {datatype} but its data holds fractions")
-    return flat.astype(dtype).reshape(tuple(shape))
+    return codec.reshaped(flat.astype(dtype), tuple(shape), name)
 
 
 def to_raw(array: np.ndarray) -> bytes:
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return codec.as_wire(array).tobytes()
 
 
 def to_json(array: np.ndarray) -> list[Any]:

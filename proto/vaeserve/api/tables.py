@@ -1,4 +1,4 @@
-"""Plain-text tables for terminals (the command lines' summaries)."""
+"""Plain-text tables for terminals: the summaries of every command line (client, training, batch, benchmarks)."""
 
 from __future__ import annotations
 

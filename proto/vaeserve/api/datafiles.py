@@ -1,6 +1,7 @@
 """Reading arrays from files: .npy, .csv (with or without a header and a label column) and MNIST IDX (gzipped or not).
 
-Used by the command line to read inputs, and by the training package to read user data.
+Shared by the `vaeserve` command line (its inputs), vaeserve-train (user data) and vaeserve-batch, so none of
+them needs another's distribution to read a file.
 """
 
 from __future__ import annotations

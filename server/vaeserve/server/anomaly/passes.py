@@ -1,4 +1,4 @@
-"""The importance-sampled passes a batch's anomaly scores share, each run at most once."""
+"""The importance-sampled passes that a request's anomaly scores share over its inputs, each run at most once."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 from vaeserve.api.manifest import Manifest, Standardization
 from vaeserve.server.engine import Check, Engine, no_check
 
-__all__ = ["Batch"]
+__all__ = ["SharedPasses"]
 
 
 @dataclass
-class Batch:
+class SharedPasses:
     """Model-space inputs with the calibration's K and seed, so every score reads its calibration's scale.
 
     `reused` is (nll, sq_err) from the request's own pass when that pass had the same K and seed: the
@@ -35,8 +35,8 @@ class Batch:
     _background_nll: np.ndarray | None = field(default=None, init=False, repr=False)
     _scores: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
-    def score(self, name: str, compute: Callable[[Batch], np.ndarray]) -> np.ndarray:
-        """A named score of this batch, computed once (`combined` reads scores also asked for by name)."""
+    def score(self, name: str, compute: Callable[[SharedPasses], np.ndarray]) -> np.ndarray:
+        """A named score of these inputs, computed once (`combined` reads scores also asked for by name)."""
         if name not in self._scores:
             self._scores[name] = compute(self)
         return self._scores[name]
