@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("--no-progress", action="store_true", help="no progress bar (none is drawn off a terminal)")
     sc.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sc.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="let Ray's own output through: its start-up and Ray Data's log lines, the actors' output and Ray's "
+        "core warnings (default: only this command's lines; Ray's logs stay in its session directory, by default "
+        "/tmp/ray/session_latest/logs)",
+    )
     return p
 
 
@@ -102,6 +110,7 @@ def _score(args: argparse.Namespace) -> int:
         cluster,
         draws=args.batch_draws,
         progress=False if args.no_progress else None,
+        verbose=args.verbose,
     )
     print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.table())
     return 0

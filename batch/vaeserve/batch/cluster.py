@@ -5,10 +5,11 @@ Ray is imported inside the functions: `loopback_only` has to run before Ray's fi
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass
+
+from vaeserve.batch.terminal import ray_init_options
 
 __all__ = ["BatchError", "Cluster", "connect", "loopback_only"]
 
@@ -48,18 +49,17 @@ def loopback_only() -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def connect(cluster: Cluster) -> bool:
-    """Joins the cluster, or starts the local instance; False when Ray was already initialised (left as it is)."""
+def connect(cluster: Cluster, *, verbose: bool = False) -> bool:
+    """Joins the cluster, or starts the local instance; False when Ray was already initialised (left as it is).
+    Ray's start-up lines and the workers' output reach the terminal only when verbose."""
     import ray
 
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no prompt, nothing sent
         if cluster.address:
-            ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
+            ray.init(address=cluster.address, **ray_init_options(verbose))
         else:  # "local": a new instance, never one that `ray start` left recorded in /tmp/ray
             cpus = cluster.num_cpus or os.cpu_count() or 1
-            ray.init("local", num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    # A failed task is reported once, by its message; Ray Data would log its traceback as well.
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+            ray.init("local", num_cpus=cpus, include_dashboard=False, **ray_init_options(verbose))
     return started

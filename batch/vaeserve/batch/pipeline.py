@@ -30,6 +30,7 @@ from vaeserve.batch.cluster import BatchError, Cluster, connect
 from vaeserve.batch.inputs import DataFileError, InputFile, read_rows
 from vaeserve.batch.scoring import DRAWS_PER_BATCH, RowScorer, ScoreSpec, batch_rows, row_seeds
 from vaeserve.batch.summary import RunSummary, column_stats
+from vaeserve.batch.terminal import ray_data_logs, without_ray_core_lines
 from vaeserve.server.errors import InvalidArgument
 
 __all__ = ["ScoreActor", "run"]
@@ -64,30 +65,33 @@ def run(
     *,
     draws: int = DRAWS_PER_BATCH,
     progress: bool | None = None,
+    verbose: bool = False,
 ) -> RunSummary:
-    """Scores every row of the plan on Ray and writes `out`; progress=None shows a bar on a terminal."""
-    started_here = connect(cluster)
-    try:
-        actors = cluster.actor_count()
-        total = sum(item.rows for item in plan)
-        rows = batch_rows(spec, scorer.manifest, total, actors, draws)
-        schema = _schema(scorer, spec)
-        dataset = _dataset(plan, scorer.engine.bundle.path, spec, scorer.manifest, actors, rows, cluster)
-        summary = RunSummary(
-            model=f"{scorer.manifest.name}:{scorer.manifest.version}",
-            spec=spec,
-            out=str(out),
-            files=len(plan),
-            actors=actors,
-            batch_rows=rows,
-            columns=column_stats(schema, spec),
-        )
-        _write(dataset, plan, schema, out, summary, total, progress)
-        summary.finish()
-        return summary
-    finally:
-        if started_here:
-            ray.shutdown()
+    """Scores every row of the plan on Ray and writes `out`; progress=None shows a bar on a terminal. Ray's
+    own log lines reach the terminal only when verbose (they are in the session's log directory)."""
+    with ray_data_logs(verbose):
+        started_here = connect(cluster, verbose=verbose)
+        try:
+            actors = cluster.actor_count()
+            total = sum(item.rows for item in plan)
+            rows = batch_rows(spec, scorer.manifest, total, actors, draws)
+            schema = _schema(scorer, spec)
+            dataset = _dataset(plan, scorer.engine.bundle.path, spec, scorer.manifest, actors, rows, cluster, verbose)
+            summary = RunSummary(
+                model=f"{scorer.manifest.name}:{scorer.manifest.version}",
+                spec=spec,
+                out=str(out),
+                files=len(plan),
+                actors=actors,
+                batch_rows=rows,
+                columns=column_stats(schema, spec),
+            )
+            _write(dataset, plan, schema, out, summary, total, progress, quiet=not verbose)
+            summary.finish()
+            return summary
+        finally:
+            if started_here:
+                ray.shutdown()
 
 
 def _schema(scorer: RowScorer, spec: ScoreSpec) -> pa.Schema:
@@ -129,6 +133,7 @@ def _dataset(
     actors: int,
     rows: int,
     cluster: Cluster,
+    verbose: bool,
 ) -> ray.data.Dataset:
     items = ray.data.from_items([{"file": i} for i in range(len(plan))], override_num_blocks=len(plan))
     # This run's settings, on its own copy of Ray Data's context: results in input order, and each block the
@@ -136,7 +141,7 @@ def _dataset(
     # a file's rows over the actors (Ray Data makes blocks of up to this many bytes; 80% keeps one batch whole).
     items.context.execution_options.preserve_order = True
     items.context.enable_progress_bars = False  # ours counts rows
-    items.context.print_on_execution_start = False
+    items.context.print_on_execution_start = verbose
     items.context.target_max_block_size = int(0.8 * rows * 8 * (manifest.dim + 3))
     # Reading takes no CPU of its own: every CPU is an actor's, and a read waits on the disk more than on a core.
     blocks = items.map_batches(partial(_read, plan=plan, manifest=manifest, rows=rows), batch_size=1, num_cpus=0)
@@ -158,6 +163,8 @@ def _write(
     summary: RunSummary,
     total: int,
     progress: bool | None,
+    *,
+    quiet: bool,
 ) -> None:
     """Streams the results, in order, into out (renamed into place when complete)."""
     sources = np.array([str(item.path) for item in plan], dtype=object)
@@ -166,7 +173,7 @@ def _write(
     pending: list[pa.Table] = []
     try:
         with pq.ParquetWriter(unfinished, schema) as writer:
-            for batch in _results(dataset):
+            for batch in _results(dataset, quiet):
                 columns = {**batch, "source": sources[batch["file"]]}
                 summary.add(columns)
                 pending.append(pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema))
@@ -182,10 +189,16 @@ def _write(
         unfinished.unlink(missing_ok=True)
 
 
-def _results(dataset: ray.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-    """The dataset's blocks as they come, with a failure in a task raised as its user-facing message."""
+def _results(dataset: ray.data.Dataset, quiet: bool) -> Iterator[dict[str, np.ndarray]]:
+    """The dataset's blocks as they come, with a failure in a task raised as its user-facing message. Quiet,
+    Ray's C++ log lines are kept off stderr until the first block: by then the actor pool has started."""
     try:
-        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        with without_ray_core_lines(quiet):
+            first = next(batches, None)
+        if first is not None:
+            yield first
+            yield from batches
     except Exception as exc:  # Ray wraps a task's error; find ours inside
         cause = _cause(exc)
         if cause is None:
