@@ -14,7 +14,7 @@ SERVER_STAMP := $(SERVER_VENV)/.installed
 BATCH_VENV ?= .venv-batch
 BATCH_STAMP := $(BATCH_VENV)/.installed
 
-.PHONY: test serve venv proto lint models bench bench-kernel bench-anomaly soak test-compose test-batch bench-batch base-image wheels clean
+.PHONY: test serve venv proto lint docs models bench bench-kernel bench-anomaly soak test-compose test-batch bench-batch base-image wheels clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -43,32 +43,36 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p vaeserve.api -p vaeserve.server -p vaeserve.client -p vaeserve.training -p vaeserve.batch -p bench
 
+# The docs site from docs/ (mkdocs.yml) into site/; --strict: a broken link, anchor or nav entry fails.
+docs: $(DEV_STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 # Regenerate the gRPC stubs after editing a .proto under proto/vaeserve/api (a test checks they are current).
 PROTOS := vaeserve/api/v1/vae.proto vaeserve/api/v2/grpc_predict_v2.proto
 proto: $(DEV_STAMP)
 	cd proto && PATH="$(abspath $(VENV))/bin:$$PATH" python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
-# Retrain the bundled models (the commands documented in the README).
+# Retrain the bundled models (the commands documented in docs/training.md).
 models: $(DEV_STAMP)
 	$(VENV)/bin/vaeserve-train train digits --out models/digits --split 0.1,0.1,0.1
 	$(VENV)/bin/vaeserve-train train mnist5k --out models/mnist5k --model mlp
 	$(VENV)/bin/vaeserve-train train breast-cancer --out models/breast-cancer --split 0.1,0,0.1
 
 bench: $(DEV_STAMP)
-	$(VENV)/bin/python -m bench $(ARGS)
+	$(VENV)/bin/python -m bench --page docs/benchmarks/serving.md $(ARGS)
 
 # Where the fused scoring graph's time goes (onnxruntime's profiler) and what chunk sizes and threads do to it.
 bench-kernel: $(DEV_STAMP)
-	$(VENV)/bin/python -m bench.kernel $(ARGS)
+	$(VENV)/bin/python -m bench.kernel --page docs/benchmarks/kernel.md $(ARGS)
 
 # Mixed load, overload, drain, kill -9 and abuse against real servers, each figure against its goal (minutes).
 soak: $(DEV_STAMP)
-	$(VENV)/bin/python -m bench.soak $(ARGS)
+	$(VENV)/bin/python -m bench.soak --page docs/benchmarks/soak.md $(ARGS)
 
 # The served anomaly scores against classical detectors (one-class digits and mnist5k, breast cancer).
 bench-anomaly: $(DEV_STAMP)
-	$(VENV)/bin/python -m bench.anomaly $(ARGS)
+	$(VENV)/bin/python -m bench.anomaly --page docs/benchmarks/anomaly.md $(ARGS)
 
 base-image:
 	docker/build-base-image.sh
@@ -81,12 +85,13 @@ test-compose: $(DEV_STAMP)
 	$(VENV)/bin/python -m pytest -m compose tests/compose $(ARGS)
 
 # vaeserve-batch (bulk scoring on Ray Data) has its own environment: api, server, client and batch, with Ray
-# and no torch (the dev one has torch and no Ray). Its tests start a two-node Ray cluster on this machine.
+# and no torch (the dev one has torch and no Ray). Its tests start a two-node Ray cluster on this machine;
+# scikit-learn is there for the docs' examples (examples/make_inputs.py), which its tests run too.
 $(BATCH_STAMP): constraints.txt proto/pyproject.toml server/pyproject.toml client/pyproject.toml batch/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(BATCH_VENV)
 	$(BATCH_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
-	$(BATCH_VENV)/bin/pip install $(PIP_FLAGS) -e ./proto -e ./server -e ./client -e ./batch pytest pytest-timeout
+	$(BATCH_VENV)/bin/pip install $(PIP_FLAGS) -e ./proto -e ./server -e ./client -e ./batch pytest pytest-timeout scikit-learn
 	@touch $@
 
 test-batch: $(BATCH_STAMP)
@@ -94,7 +99,7 @@ test-batch: $(BATCH_STAMP)
 
 # ELBO over 100,000 inputs and IWAE(1000) over 1,000: Ray actors against the single-process engine.
 bench-batch: $(BATCH_STAMP)
-	$(BATCH_VENV)/bin/python -m bench.batch $(ARGS)
+	$(BATCH_VENV)/bin/python -m bench.batch --page docs/benchmarks/batch.md $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(SERVER_VENV) $(BATCH_VENV) .venv-tritonclient .pytest_cache .wheels

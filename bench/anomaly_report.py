@@ -3,41 +3,19 @@ rate pooled over every protocol, and each protocol's best served score against i
 
 from __future__ import annotations
 
-import contextlib
-import os
-import platform
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench import pages
 from bench.anomaly_runs import ALPHAS, Protocol
 from bench.metrics import Metric, auprc, auroc, mean_over_groups_ci, paired_difference_ci, rate_ci
 
 MIN_POOLED_ROWS = 2000  # held-out normal rows that pin a flag's rate at alpha = 0.01 to within about +-0.005
 
 
-def _processor() -> str:
-    """platform.processor(), or where it says no more than the architecture (most Linux systems), the model
-    name in /proc/cpuinfo."""
-    name = platform.processor()
-    if not name or name == platform.machine():
-        with contextlib.suppress(OSError):
-            lines = Path("/proc/cpuinfo").read_text().splitlines()
-            name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
-    return name or platform.machine() or "unknown processor"
-
-
 def header(command: str, seconds: float, k: int) -> list[str]:
-    machine = _processor()
-    return [
-        f"# anomaly benchmark ({seconds:.0f} s; K = {k})",
-        "",
-        f"- machine: {machine}, {os.cpu_count()} cores ({platform.system()} {platform.release()})",
-        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- command: `{command}`",
-    ]
+    return pages.header(f"anomaly benchmark ({seconds:.0f} s; K = {k})", command)
 
 
 def _score_name(method: str) -> str:

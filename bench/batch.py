@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +30,10 @@ import numpy as np
 import onnxruntime
 import pyarrow.parquet as pq
 
+from bench import pages
+from vaeserve.api.tables import format_table
 from vaeserve.batch import Cluster, RowScorer, ScoreSpec, batch_rows, loopback_only, plan_inputs, row_seeds
 from vaeserve.batch.summary import RunSummary
-from vaeserve.client.tables import format_table
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "models" / "digits"
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iwae-rows", type=int, default=1_000)
     p.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1, help="CPUs (and actors) of the Ray instance")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--page", type=Path, help="also write the report here as a markdown page")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     loopback_only()
     scorer = RowScorer(BUNDLE)
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows: list[list[object]] = []
     figures: list[dict[str, Any]] = []
+    checks: list[str] = []
     for name, spec, n in workloads:
         x = digit_rows(scorer, n)
         default_s, engine = engine_run(x, spec, threads=0)
@@ -135,12 +140,26 @@ def main(argv: list[str] | None = None) -> int:
                 [f"{name}, {n:,} inputs", how, round(seconds, 2), round(n / seconds, 1), round(default_s / seconds, 2)]
             )
         figures.append({"workload": name, "inputs": n, "seconds": dict(runs), "max_relative_difference": difference})
-        print(f"{name}: Ray and the engine differ by at most {difference:.1e} (relative) over {n:,} rows", flush=True)
+        checks.append(f"{name}: Ray and the engine differ by at most {difference:.1e} (relative) over {n:,} rows")
+        print(checks[-1], flush=True)
     info = machine(args.num_cpus)
     title = f"vaeserve-batch vs the engine in-process ({info['cpu']}, {info['cores']} cores; Ray {info['ray']})"
     print(format_table(["workload", "run", "seconds", "inputs/s", "x engine"], rows, title=title))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "figures": figures}, indent=2))
+    columns = ("workload", "run", "seconds", "inputs/s", "x engine")
+    pages.write(
+        args.page,
+        [
+            *pages.header("vaeserve-batch against the engine in-process", pages.command_line("bench.batch", argv)),
+            "",
+            f"The bundled {BUNDLE.name} model; a local Ray instance of {args.num_cpus} CPUs, one actor per CPU.",
+            "",
+            *pages.table(columns, rows, align="llrrr"),
+            "",
+            *(f"- {line}" for line in checks),
+        ],
+    )
     return 0
 
 

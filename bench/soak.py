@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable
@@ -25,6 +26,7 @@ import grpc
 import numpy as np
 from sklearn.datasets import load_digits
 
+from bench import pages
 from bench.processes import VaeServer
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
@@ -222,8 +224,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mixed-only", action="store_true", help="only the idle and mixed-load phases (e.g. to compare --workers)"
     )
+    parser.add_argument("--page", type=Path, help="also write the report here as a markdown page")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     report = Report()
+    _run(args, report)
+    missed = [what for what, _, _, met in report.lines if met is False]
+    print(f"\n{len(missed)} goal(s) not met" + (f": {'; '.join(missed)}" if missed else ""))
+    rows = [(w.strip(), v, g, "" if m is None else ("met" if m else "**not met**")) for w, v, g, m in report.lines]
+    setting = f"{args.clients} clients over {args.connections} connections, {args.seconds:g} s of mixed load"
+    title = f"soak ({time.perf_counter() - started:.0f} s)"
+    lines = [f"Servers of the bundled {BUNDLE.name} model, {setting}; the load runs on the same machine.", ""]
+    lines += [*pages.table(("figure", "value", "goal", ""), rows), "", f"{len(missed)} goal(s) not met."]
+    pages.write(args.page, [*pages.header(title, pages.command_line("bench.soak", argv)), "", *lines])
+    return 0
+
+
+def _run(args: argparse.Namespace, report: Report) -> None:
     handshake_s = 3.0
     flags = ["--handshake-timeout-s", str(handshake_s), *args.server_flags.split()]
     print(
@@ -249,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         scored = len(latencies["Score 1 (K 1000)"]) + 32 * len(latencies["Score 32 (K 100, nll)"])
         report.add("  Score throughput", f"{scored / args.seconds:.0f} inputs/s")
         if args.mixed_only:
-            return 0
+            return
         figures = asyncio.run(abuse(server, handshake_s))
     finally:
         server.stop()
@@ -317,9 +335,6 @@ def main(argv: list[str] | None = None) -> int:
         "200",
         after["OK"] == 200,
     )
-    missed = [what for what, _, _, met in report.lines if met is False]
-    print(f"\n{len(missed)} goal(s) not met" + (f": {'; '.join(missed)}" if missed else ""))
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tests.conftest import REPO
 from tests.serving import RunningServer, server_settings
+from tests.v2 import triton_venv
 from vaeserve.api import codec
 from vaeserve.api.v1 import vae_pb2 as pb
 from vaeserve.api.v1 import vae_pb2_grpc
 from vaeserve.api.v2 import grpc_predict_v2_pb2 as v2
 from vaeserve.api.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
-
-TRITON_VENV = REPO / ".venv-tritonclient"
-TRITON_REQUIREMENTS = Path(__file__).with_name("requirements-tritonclient.txt")
 
 
 @pytest.fixture(scope="module")
@@ -259,18 +255,7 @@ def test_v2_requests_share_the_metrics_labelled_by_protocol(server: RunningServe
 
 @pytest.fixture(scope="session")
 def triton_python() -> Path:
-    """tritonclient in a venv of its own (it pins protobuf < 7), built once from the pinned requirements."""
-    python = TRITON_VENV / "bin" / "python"
-    stamp = TRITON_VENV / ".installed"
-    if not stamp.exists() or stamp.read_text() != TRITON_REQUIREMENTS.read_text():
-        venv.create(TRITON_VENV, with_pip=True, clear=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(TRITON_REQUIREMENTS)],
-            check=True,
-            timeout=600,
-        )
-        stamp.write_text(TRITON_REQUIREMENTS.read_text())
-    return python
+    return triton_venv.triton_python()
 
 
 def test_tritonclient_grpc_and_http(

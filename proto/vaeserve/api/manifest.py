@@ -3,7 +3,7 @@
 Format 1: a directory holding ``manifest.json``, ``encoder.onnx`` and ``decoder.onnx``.
 Format 2 (a cross-fitted ensemble): ``manifest.json`` and one format-1 bundle per member in
 ``member-<f>/``; member f was trained without fold f of the normal rows and calibrates on it.
-The README's "Bundle format" section documents every field below for people who write
+docs/bundle-format.md documents every field below (a test checks it) for people who write
 bundles from other frameworks.
 """
 

@@ -22,10 +22,9 @@ class Preset:
 
 
 # 28x28 images (mnist5k's shape) train the convolutional model: `--model auto` chose it by validation ELBO per
-# input on one-class mnist5k (class 0: conv -121.4 against mlp -143.6 nats; class 8: -137.4 against -151.3),
-# and its anomaly scores rank best (make bench-anomaly, README). The MLP 784-200-200-50 (`--model mlp`) is
-# the bundled mnist5k model that the performance benchmarks compare with PyTorch. breast-cancer's latent
-# size 12 had the best validation ELBO of 4, 8, 12 and 16.
+# input on one-class mnist5k, and its anomaly scores rank best (docs/benchmarks/anomaly-mnist5k.md). The MLP
+# 784-200-200-50 (`--model mlp`) is the bundled mnist5k model that the performance benchmarks compare with
+# PyTorch. breast-cancer's latent size 12 had the best validation ELBO of 4, 8, 12 and 16.
 PRESETS = {
     "digits": Preset(hidden=(256, 128), latent=8, epochs=300, batch_size=64, warmup=20, patience=40),
     "mnist5k": Preset(model="conv", hidden=(200, 200), latent=50, epochs=400, batch_size=100, warmup=30, patience=40),
