@@ -14,7 +14,7 @@ SERVER_STAMP := $(SERVER_VENV)/.installed
 BATCH_VENV ?= .venv-batch
 BATCH_STAMP := $(BATCH_VENV)/.installed
 
-.PHONY: test serve venv proto lint docs models bench bench-kernel bench-anomaly soak test-compose test-batch bench-batch base-image wheels clean
+.PHONY: test serve venv proto lint docs models bench bench-kernel bench-anomaly bench-observability soak test-compose test-batch bench-batch base-image wheels clean
 
 $(DEV_STAMP): constraints.txt requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "vaeserve needs Python 3.11 or newer")'
@@ -73,6 +73,10 @@ soak: $(DEV_STAMP)
 # The served anomaly scores against classical detectors (one-class digits and mnist5k, breast cancer).
 bench-anomaly: $(DEV_STAMP)
 	$(VENV)/bin/python -m bench.anomaly --page docs/benchmarks/anomaly.md $(ARGS)
+
+# Score throughput and p99 with tracing and payload logging on against off, the servers taking turns.
+bench-observability: $(DEV_STAMP)
+	$(VENV)/bin/python -m bench.observability --page docs/benchmarks/observability.md $(ARGS)
 
 base-image:
 	docker/build-base-image.sh

@@ -3,8 +3,9 @@
 Sets up what it needs (docker.io and docker-compose from apt, dockerd, the local base image once, the
 wheel cache if absent), builds the images, then runs a uniquely named compose project: a client
 container's scores equal an in-process server's, SIGTERM drains a request in flight and a restart
-keeps serving, and three replicas share round-robin calls. The project is taken down, volumes
-included, however the test ends. Stage times are printed; BASE_IMAGE picks another base image.
+keeps serving, three replicas share round-robin calls, and the `monitoring` profile's Prometheus
+scrapes every replica. The project is taken down, volumes included, however the test ends. Stage times
+are printed; BASE_IMAGE picks another base image.
 """
 
 from __future__ import annotations
@@ -12,19 +13,26 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from tests.deploy.metric_names import names_in
+from tests.deploy.test_dashboard import expressions
 from tests.serving import RunningServer, server_settings
 from vaeserve.client import Client
 
@@ -103,7 +111,7 @@ def images(stage: Stage) -> None:
         with stage("wheel cache"):
             sh("docker/build-wheels.sh")
     with stage("images"):
-        sh("docker-compose", "build", "server", "client")
+        sh("docker-compose", "--profile", "monitoring", "build", "server", "client", "prometheus")
 
 
 def healthy_servers(compose: Compose, replicas: int, timeout: float = 120) -> list[str]:
@@ -127,7 +135,8 @@ def compose(images: None, stage: Stage) -> Iterator[Compose]:
     project = f"vaeservetest{os.getpid()}{secrets.token_hex(3)}"
 
     def run(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> str:
-        return sh("docker-compose", "-p", project, *args, stdin=stdin, env=env)
+        # The profile makes `down` take Prometheus and its volume too; `up` starts only the services named.
+        return sh("docker-compose", "-p", project, "--profile", "monitoring", *args, stdin=stdin, env=env)
 
     try:
         with stage("up + healthy"):
@@ -203,6 +212,64 @@ def test_three_replicas_share_round_robin_calls(compose: Compose, stage: Stage) 
         replicas = compose("run", "--rm", "-T", "client", "python", "-c", snippet).split()
     assert len(replicas) == 30
     assert set(replicas) == hostnames
+
+
+def promql(port: str, query: str) -> list[dict[str, Any]]:
+    """An instant query to the compose Prometheus's HTTP API; a query it cannot run fails with its error."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            answer = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{query}: {exc.code} {exc.read().decode(errors='replace')}") from exc
+    assert answer["status"] == "success", answer
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def scraped_from(port: str, name: str) -> set[str]:
+    """The instances Prometheus has a `name` series from (none while it is still starting)."""
+    try:
+        return {r["metric"]["instance"] for r in promql(port, f'count by (instance) ({name}{{job="vaeserve"}})')}
+    except (AssertionError, OSError):
+        return set()
+
+
+def test_prometheus_scrapes_every_replica(compose: Compose, stage: Stage) -> None:
+    """Found by DNS on the service name: every series the dashboard reads, from every replica; and each of
+    the dashboard's expressions is one this Prometheus runs."""
+    with stage("3 replicas + prometheus"):
+        compose("up", "-d", "--scale", "server=3", "server")
+        ids = healthy_servers(compose, 3)
+        compose("up", "-d", "prometheus")
+    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    instances = {f"{address}:8002" for address in sh("docker", "inspect", "-f", template, *ids).split()}
+    assert len(instances) == 3
+    # Score calls on each replica (queued engine runs, default anomaly scores): the labelled families appear.
+    snippet = (
+        "import numpy as np\n"
+        "from vaeserve.client import Client\n"
+        "x = np.random.default_rng(0).integers(0, 17, (8, 64)).astype(float)\n"
+        "with Client('dns:///server:50051', round_robin=True) as c:\n"
+        "    for _ in range(30):\n"
+        "        c.score(x)\n"
+    )
+    with stage("30 round-robin Score calls"):
+        compose("run", "--rm", "-T", "client", "python", "-c", snippet)
+    port = compose("port", "prometheus", "9090").strip().rsplit(":", 1)[1]
+    wanted = sorted({name for expr in expressions() for name in names_in(expr)})
+    with stage(f"{len(wanted)} series scraped from 3 replicas"):
+        deadline = time.monotonic() + 90
+        while True:
+            unseen = {name: sorted(instances - scraped_from(port, name)) for name in wanted}
+            missing = {name: left for name, left in unseen.items() if left}
+            if not missing:
+                break
+            assert time.monotonic() < deadline, f"not scraped after 90 s: {missing}"
+            time.sleep(2)
+    for expr in expressions():
+        promql(port, expr)
+    assert promql(port, 'sum(vaeserve_ready{job="vaeserve"})')[0]["value"][1] == "3"
 
 
 def test_workers_share_the_containers_port(compose: Compose, stage: Stage) -> None:

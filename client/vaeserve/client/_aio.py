@@ -17,6 +17,7 @@ from vaeserve.client import _convert as cv
 from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, ScoreArgs, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, concat
+from vaeserve.client._trace_context import trace_metadata
 
 __all__ = ["AsyncClient"]
 
@@ -46,7 +47,7 @@ class AsyncClient(ClientBase):
     async def _call(self, method: Callable[..., Awaitable[Any]], request: Any, timeout: float | None = None) -> Any:
         try:
             async with self._slots:
-                return await method(request, timeout=timeout or self.timeout)
+                return await method(request, timeout=timeout or self.timeout, metadata=trace_metadata())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.config.target) from None
 
@@ -169,7 +170,7 @@ class AsyncClient(ClientBase):
         )
         requests = StreamRequests(x, self.batch_size, self._spec, args)
         try:
-            async for reply in self._stub.ScoreStream(iter(requests)):
+            async for reply in self._stub.ScoreStream(iter(requests), metadata=trace_metadata()):
                 yield cv.scores(reply)
         except grpc.RpcError as exc:
             requests.raise_error()

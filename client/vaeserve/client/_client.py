@@ -18,6 +18,7 @@ from vaeserve.client import _convert as cv
 from vaeserve.client._base import LOAD_TIMEOUT_S, ClientBase, ScoreArgs, StreamRequests
 from vaeserve.client._errors import UnavailableError, VaeServeError, from_rpc_error
 from vaeserve.client._results import Decoded, Encoded, ModelInfo, ModelStatus, Sampled, Scores, concat
+from vaeserve.client._trace_context import trace_metadata
 
 __all__ = ["Client"]
 
@@ -52,7 +53,7 @@ class Client(ClientBase):
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return method(request, timeout=timeout or self.timeout)
+            return method(request, timeout=timeout or self.timeout, metadata=trace_metadata())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.config.target) from None
 
@@ -81,7 +82,8 @@ class Client(ClientBase):
         try:
             for i, request in enumerate(requests):
                 call = getattr(self._stubs[i % len(self._stubs)], method)
-                pending.append(call.future(request, timeout=timeouts[i] if timeouts else self.timeout))
+                timeout = timeouts[i] if timeouts else self.timeout
+                pending.append(call.future(request, timeout=timeout, metadata=trace_metadata()))
                 if len(pending) >= self.concurrency:
                     collect()
             while pending:
@@ -233,7 +235,7 @@ class Client(ClientBase):
         requests = StreamRequests(x, self.batch_size, self._spec, args)
         done = 0
         try:
-            for reply in self._stub.ScoreStream(iter(requests), timeout=None):
+            for reply in self._stub.ScoreStream(iter(requests), timeout=None, metadata=trace_metadata()):
                 result = cv.scores(reply)
                 done += len(result)
                 if progress:

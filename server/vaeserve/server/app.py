@@ -26,7 +26,9 @@ from vaeserve.server.boundary.guard import Guard
 from vaeserve.server.boundary.health import HealthService
 from vaeserve.server.boundary.interceptor import Boundary
 from vaeserve.server.boundary.metrics import Metrics
+from vaeserve.server.boundary.tracing import Tracing, start_tracing
 from vaeserve.server.engine import BundleError, NoiseCache
+from vaeserve.server.payload import PayloadLog, open_payload_log
 from vaeserve.server.protocols.v1.servicer import VaeServicer
 from vaeserve.server.protocols.v2.dataplane import DataPlane
 from vaeserve.server.protocols.v2.grpc_servicer import InferenceServicer
@@ -63,6 +65,8 @@ class App:
     metrics: Metrics
     work: WorkQueue
     http: HttpServer | None = None
+    payload: PayloadLog | None = None
+    tracing: Tracing | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     _health_names: set[str] = field(default_factory=set)
     _poller: asyncio.Task[None] | None = None
@@ -131,6 +135,10 @@ class App:
         await asyncio.gather(*stopping)
         await self.registry.close()
         self.work.shutdown()
+        if self.payload is not None:  # after the last request: its record is queued
+            await asyncio.to_thread(self.payload.close)
+        if self.tracing is not None:  # after the last run: its spans have ended
+            await self.tracing.close()
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -194,14 +202,19 @@ async def create_server(settings: Settings, worker: Worker | None = None) -> App
     limit = settings.max_message_mb << 20
     metrics = Metrics(multiprocess=worker is not None)
     held = None if settings.max_request_mb_in_flight is None else settings.max_request_mb_in_flight << 20
-    guard = Guard(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings), held)
+    # Here, not in the supervisor: each worker process starts its own SDK (its exporter thread and channel).
+    tracing = start_tracing(settings.replica_id) if settings.tracing else None
+    guard = Guard(settings.max_in_flight, settings.log_requests, metrics, authenticator(settings), held, tracing)
     options = server_options(settings, reuse_port=worker is not None)
     server = grpc.aio.server(interceptors=[Boundary(guard)], options=options)
     if settings.metrics_port is not None:
         metrics.serve(settings.host, settings.metrics_port)
     max_queue_s = None if settings.max_queue_ms is None else settings.max_queue_ms / 1000.0
-    work = WorkQueue(settings.executor_threads, max_queue_s=max_queue_s, metrics=metrics, nice=settings.engine_nice)
-    loader = ModelLoader(settings, work, NoiseCache(settings.noise_cache_mb << 20), metrics)
+    work = WorkQueue(
+        settings.executor_threads, max_queue_s=max_queue_s, metrics=metrics, nice=settings.engine_nice, tracing=tracing
+    )
+    payload = open_payload_log(settings, worker.index if worker else None, metrics)
+    loader = ModelLoader(settings, work, NoiseCache(settings.noise_cache_mb << 20), metrics, payload)
     registry = ModelRegistry(
         source_of(settings), loader, default_model=settings.default_model, retire_timeout_s=settings.grace_s
     )
@@ -233,6 +246,8 @@ async def create_server(settings: Settings, worker: Worker | None = None) -> App
         return port, http
 
     app = App(server, settings.port, registry, health_servicer, metrics, work, lifecycle=lifecycle, _listen=listen)
+    app.payload = payload  # closed by App.stop, after the last request
+    app.tracing = tracing
     registry.on_change = app.changed
     if worker is None:
         await app.listen()

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus metrics over HTTP on this port (unset: off)"
     )
+    tracing: bool = Field(
+        False,
+        description="export OpenTelemetry traces over OTLP/gRPC, configured by the standard OTEL_* variables "
+        "(needs the vaeserve-server[tracing] extra)",
+    )
     grace_s: float = Field(30.0, ge=0.0, description="on SIGTERM, time allowed for requests in flight")
     tls_cert: Path | None = Field(None, description="PEM server certificate (enables TLS)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
@@ -151,7 +156,11 @@ class Settings(BaseSettings):
     admin_tokens: Path | None = Field(
         None, description="file of bearer tokens that may also call LoadModel and UnloadModel (and everything else)"
     )
-    auth_health: bool = Field(False, description="health checks and reflection need a token too (off: open to probes)")
+    auth_health: bool = Field(
+        False,
+        description="health checks, reflection and the HTTP API's page (/v2/docs, /v2/openapi.json) need a token "
+        "too (off: open to probes and browsers)",
+    )
     drain_delay_s: float = Field(
         0.0,
         ge=0.0,
@@ -175,6 +184,15 @@ class Settings(BaseSettings):
     replica_id: str = Field(default_factory=socket.gethostname, description="name of this replica in replies")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     log_requests: bool = Field(True, description="one log line per request")
+    payload_log: str | None = Field(
+        None, description="log scored inputs and scores to this file (one per worker) or http(s):// URL (unset: off)"
+    )
+    payload_log_sample: float = Field(1.0, ge=0.0, le=1.0, description="fraction of Score requests logged")
+    payload_log_raw: bool = Field(False, description="log input values, not only their sha256 hashes")
+    payload_log_max_bytes: int = Field(65536, ge=0, description="a request's inputs above this log hashes only")
+    payload_log_rotate_mb: float = Field(100.0, gt=0.0, description="start a new payload log file at this size")
+    payload_log_keep: int = Field(5, ge=0, description="rotated payload log files kept")
+    payload_log_queue: int = Field(10_000, ge=1, description="records waiting for the sink; beyond: dropped, counted")
 
     @field_validator("anomaly_scores", mode="before")
     @classmethod

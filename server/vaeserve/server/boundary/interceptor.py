@@ -86,6 +86,7 @@ class Boundary(_Interceptor):  # type: ignore[misc]
             hold=hold,
             key=context,
             answered=_ANSWERED,
+            carrier=metadata,  # the caller's W3C trace context (traceparent), when tracing is on
         )
 
     def _unary(

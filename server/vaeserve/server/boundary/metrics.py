@@ -52,6 +52,12 @@ class Metrics:
         )
         self.inputs = Counter("vaeserve_inputs", "inputs scored, encoded or decoded", ["method", *model], registry=r)
         self.samples = Counter("vaeserve_importance_samples", "inputs x K evaluated by Score", model, registry=r)
+        self.anomaly_flags = Counter(
+            "vaeserve_anomaly_flags",
+            "inputs flagged anomalous (p-value <= the request's alpha), by model and anomaly score",
+            [*model, "score"],
+            registry=r,
+        )
         self.batch_inputs = Histogram(
             "vaeserve_batch_inputs",
             "inputs per merged engine run (dynamic batching)",
@@ -86,6 +92,15 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.payload_written = Counter(
+            "vaeserve_payload_records_written", "payload log records the sink took (--payload-log)", registry=r
+        )
+        self.payload_dropped = Counter(
+            "vaeserve_payload_records_dropped",
+            "payload log records lost, by reason: queue_full (the sink fell behind), sink_error, shutdown, error",
+            ["reason"],
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._in_flight_count: Callable[[], float] | None = None
 
@@ -106,6 +121,10 @@ class Metrics:
         if draws:
             self._child(self.samples, model, version).inc(inputs * draws)
 
+    def count_anomaly_flags(self, model: str, version: str, score: str, flagged: int) -> None:
+        """One add per score and request (also of 0: the series exists before the first flag)."""
+        self._child(self.anomaly_flags, model, version, score).inc(flagged)
+
     def observe_batch(self, model: str, version: str, kind: str, inputs: int) -> None:
         self._child(self.batch_inputs, kind, model, version).observe(inputs)
 
@@ -121,6 +140,13 @@ class Metrics:
             return
         with contextlib.suppress(KeyError):
             self.model.remove(name, version, provider)
+
+    def count_payload(self, *, written: int = 0, dropped: int = 0, reason: str = "") -> None:
+        """From the payload log's writer thread, and from the request path for queue_full."""
+        if written:
+            self.payload_written.inc(written)
+        if dropped:
+            self.payload_dropped.labels(reason).inc(dropped)
 
     def track_in_flight(self, count: Callable[[], float]) -> None:
         """The in-flight gauge reads `count` when scraped, so requests pay nothing for it; a worker's

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vaeserve.server.boundary.metrics import Metrics
 from vaeserve.server.engine import Engine, NoiseCache, RuntimeConfig, load_bundle, open_engine
+from vaeserve.server.payload import PayloadLog
 from vaeserve.server.repository.model_settings import ModelSettings
 from vaeserve.server.serving.model import ServedModel
 from vaeserve.server.serving.work_queue import WorkQueue, nice_this_thread
@@ -21,12 +22,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelLoader:
-    """What every model of a process shares: settings, the work queue, the noise cache and the metrics."""
+    """What every model of a process shares: settings, the work queue, the noise cache, the metrics and the
+    payload log."""
 
     settings: Settings
     work: WorkQueue
     noise_cache: NoiseCache
     metrics: Metrics | None = None
+    payload: PayloadLog | None = None
 
     def __call__(self, name: str, version: str, path: Path, model_settings: ModelSettings) -> ServedModel:
         # Built on a thread of the engine's niceness: onnxruntime's own pool threads, started with the
@@ -69,7 +72,14 @@ class ModelLoader:
             engine.provider,
         )
         served = ServedModel(
-            engine, settings, self.work, name=name, version=version, metrics=self.metrics, background=background
+            engine,
+            settings,
+            self.work,
+            name=name,
+            version=version,
+            metrics=self.metrics,
+            background=background,
+            payload=self.payload,
         )
         for warning in served.warnings:
             log.warning("model %s:%s: %s", name, version, warning)

@@ -7,15 +7,20 @@ so batching costs nothing at low load; requests that arrive while a run is in pr
 (on the thread pool) merge into the next one. If a merged run fails, each request is run
 alone, so an error belongs to the request that caused it. The worker exits when the queue
 is empty and is started again by the next request, so no request waits on a dead worker.
+With tracing on, a queued request's trace context goes with it: the worker runs it in that context,
+and a merged run under a `batch` span linked to every request in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from vaeserve.server.boundary.tracing import Tracing
 
 __all__ = ["DynamicBatcher"]
 
@@ -28,6 +33,7 @@ class _Pending(Generic[Item, Result]):
     item: Item
     size: int
     future: asyncio.Future[Result]
+    context: Any = None  # the request's trace context (tracing on)
 
 
 class DynamicBatcher(Generic[Item, Result]):
@@ -40,8 +46,10 @@ class DynamicBatcher(Generic[Item, Result]):
         max_inputs: int,
         max_delay_s: float = 0.0,
         on_run: Callable[[int], None] = lambda inputs: None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._run = run
+        self._tracing = tracing
         self._on_run = on_run
         self._max_inputs = max_inputs
         self._max_delay_s = max_delay_s
@@ -63,7 +71,8 @@ class DynamicBatcher(Generic[Item, Result]):
                 self._busy = False
                 self._ensure_worker()
         loop = asyncio.get_running_loop()
-        pending: _Pending[Item, Result] = _Pending(item, size, loop.create_future())
+        context = self._tracing.current() if self._tracing is not None else None
+        pending: _Pending[Item, Result] = _Pending(item, size, loop.create_future(), context)
         self._queue.append(pending)
         self._ensure_worker()
         return await pending.future
@@ -113,14 +122,16 @@ class DynamicBatcher(Generic[Item, Result]):
         self.runs += 1
         self._on_run(sum(p.size for p in batch))
         try:
-            results = await self._run([p.item for p in batch])
+            with self._traced(batch):
+                results = await self._run([p.item for p in batch])
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exception=exc)
                 return
             for pending in batch:
                 try:
-                    result = (await self._run([pending.item]))[0]
+                    with self._traced([pending]):
+                        result = (await self._run([pending.item]))[0]
                 except Exception as alone:
                     _settle(pending, exception=alone)
                 else:
@@ -128,6 +139,12 @@ class DynamicBatcher(Generic[Item, Result]):
             return
         for pending, result in zip(batch, results):
             _settle(pending, result=result)
+
+    def _traced(self, batch: list[_Pending[Item, Result]]) -> contextlib.AbstractContextManager[None]:
+        """The worker task's context is whichever request started it: each run goes on in its own."""
+        if self._tracing is None:
+            return contextlib.nullcontext()
+        return self._tracing.batched([p.context for p in batch], sum(p.size for p in batch))
 
 
 def _settle(

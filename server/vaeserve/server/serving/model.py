@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,10 @@ from vaeserve.server.serving.policy import (
 from vaeserve.server.serving.work_queue import WorkQueue
 from vaeserve.server.settings import Settings
 
+if TYPE_CHECKING:  # the payload log builds its records from serving's results: no import cycle at run time
+    from vaeserve.server.boundary.guard import RequestInfo
+    from vaeserve.server.payload import PayloadLog
+
 __all__ = ["Lease", "ServedModel"]
 
 T = TypeVar("T")
@@ -81,8 +85,10 @@ class ServedModel:
         version: str | None = None,
         metrics: Metrics | None = None,
         background: Engine | None = None,
+        payload: PayloadLog | None = None,
     ) -> None:
         self.engine = engine
+        self.payload = payload
         self.scorer = open_scorer(engine, background)
         self.manifest: Manifest = engine.manifest
         self.name = name or self.manifest.name
@@ -158,7 +164,8 @@ class ServedModel:
             x_sample = await self.call(lambda check: self.engine.sample_x(params, seed), rows=len(z))
         return Decoded(params, x_sample, seed)
 
-    async def score(self, call: ScoreCall, deadline: float | None = None) -> Scored:
+    async def score(self, call: ScoreCall, deadline: float | None = None, info: RequestInfo | None = None) -> Scored:
+        """`info`: the request it answers, named in the payload log (when one is on)."""
         k = self.defaults.k if call.k is None else call.k
         self.checks.k(k)
         alpha = alpha_of(call.alpha, call.threshold_quantile, self.defaults.alpha)
@@ -186,8 +193,12 @@ class ServedModel:
         )
         self.checks.score_reply(len(x), len(plan.names), call)
         scored = await self._score(_ScoreItem(x, seed, options, plan, alpha, deadline))
+        self._count_flags(scored)
         warnings = [*scored.warnings, *([skipped] if skipped else [])]
-        return replace(scored, warnings=warnings) if skipped else scored
+        scored = replace(scored, warnings=warnings) if skipped else scored
+        if self.payload is not None and info is not None:
+            self.payload.score(info, self.name, self.version, call.x, scored)  # what the reply is built from
+        return scored
 
     # --- execution ------------------------------------------------------------------------------
 
@@ -197,8 +208,8 @@ class ServedModel:
         Work of up to `inline_rows` rows (inputs x draws) runs right here on the event loop: it takes
         less time than handing it to a thread and back. Larger work runs on the shared pool.
         """
-        if rows is not None and rows <= self._inline_rows:
-            return fn(check=no_check)  # too short to be worth stopping
+        if rows is not None and rows <= self._inline_rows:  # too short to be worth stopping
+            return self._work.run_inline(lambda: fn(check=no_check), rows=rows, labels=(self.name, self.version))
         stop = threading.Event()
 
         def check() -> None:
@@ -216,6 +227,13 @@ class ServedModel:
     def _count(self, method: str, inputs: int, draws: int = 0) -> None:
         if self.metrics:
             self.metrics.count_inputs(self.name, self.version, method, inputs, draws)
+
+    def _count_flags(self, scored: Scored) -> None:
+        """Per request, not per merged run: each request's flags are at its own alpha."""
+        if self.metrics:
+            for anomaly in scored.anomalies:
+                flagged = int(np.count_nonzero(anomaly.is_anomaly))
+                self.metrics.count_anomaly_flags(self.name, self.version, anomaly.name, flagged)
 
     async def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._batching:
@@ -263,6 +281,7 @@ class ServedModel:
                 max_inputs=self._batch_max_inputs,
                 max_delay_s=self._batch_max_delay_s,
                 on_run=lambda inputs: self._observe_run(kind, inputs),
+                tracing=self._work.tracing,
             )
         return batcher
 

@@ -4,7 +4,8 @@ A run waits in a queue ordered by its virtual deadline: when it arrived plus how
 (its rows, inputs x draws, at the rate runs have been going). A light run (a one-input Encode) so
 overtakes heavy runs that arrived just before it, while a heavy run still goes once its deadline
 comes up, whatever keeps arriving after it: no starvation. A run that waits longer than `max_queue_s`
-is refused (RESOURCE_EXHAUSTED) rather than served late. Queue depth and waits are metrics per model.
+is refused (RESOURCE_EXHAUSTED) rather than served late. Queue depth and waits are metrics per model;
+with tracing on, each run is a `queue wait` span then an `engine run` span under the request's span.
 
 The pool's threads run at a raised OS niceness (`--engine-nice`): when the cores are saturated, the
 event loop (which answers light calls itself and hands out the heavy ones) gets the CPU first, and
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from vaeserve.server.boundary.metrics import Metrics
+from vaeserve.server.boundary.tracing import RunSpans, Tracing
 from vaeserve.server.errors import LimitExceeded
 
 __all__ = ["WorkQueue", "nice_this_thread"]
@@ -46,6 +48,7 @@ class _Job:
     labels: tuple[str, str] = field(compare=False)
     queued: float = field(compare=False)
     expiry: asyncio.TimerHandle | None = field(default=None, compare=False)  # only while it waits
+    spans: RunSpans | None = field(default=None, compare=False)
 
 
 def nice_this_thread(nice: int) -> None:
@@ -58,9 +61,16 @@ def nice_this_thread(nice: int) -> None:
 
 class WorkQueue:
     def __init__(
-        self, threads: int, *, max_queue_s: float | None = None, metrics: Metrics | None = None, nice: int = 0
+        self,
+        threads: int,
+        *,
+        max_queue_s: float | None = None,
+        metrics: Metrics | None = None,
+        nice: int = 0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.nice = nice
+        self.tracing = tracing
         self._executor = ThreadPoolExecutor(
             threads, thread_name_prefix="vaeserve-run", initializer=nice_this_thread, initargs=(nice,)
         )
@@ -76,6 +86,8 @@ class WorkQueue:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         job = _Job(now + rows / self._rate, next(self._seq), fn, loop.create_future(), rows, labels, now)
+        if self.tracing is not None:
+            job.spans = self.tracing.run_spans(labels, rows)
         heapq.heappush(self._heap, job)
         self._depth(labels, +1)
         if self.max_queue_s is not None:
@@ -89,6 +101,15 @@ class WorkQueue:
                 job.expiry.cancel()
             if not job.future.done():
                 job.future.cancel()  # the caller went away while the run waited: it never starts
+            if job.spans is not None:
+                job.spans.left()
+
+    def run_inline(self, fn: Callable[[], T], *, rows: int, labels: tuple[str, str] = ("", "")) -> T:
+        """Runs fn right here, on the event loop: work too small to be worth a thread hop."""
+        if self.tracing is None:
+            return fn()
+        with self.tracing.inline_run(labels, rows):
+            return fn()
 
     def shutdown(self) -> None:
         for job in self._heap:
@@ -108,6 +129,8 @@ class WorkQueue:
             self._free -= 1
             if self.metrics:
                 self.metrics.observe_queue_wait(*job.labels, time.monotonic() - job.queued)
+            if job.spans is not None:
+                job.spans.started()
             running = self._executor.submit(job.fn)
             running.add_done_callback(self._finisher(loop, job, time.monotonic()))
 
@@ -124,6 +147,8 @@ class WorkQueue:
         elapsed = time.monotonic() - started
         if job.rows and elapsed > 0:
             self._rate += _RATE_WEIGHT * (job.rows / elapsed - self._rate)
+        if job.spans is not None:
+            job.spans.finished(None if done.cancelled() else done.exception())
         if not job.future.done():
             error = done.exception()
             if error is not None:
@@ -135,12 +160,13 @@ class WorkQueue:
     def _expire(self, job: _Job) -> None:
         if not job.future.done():
             waited = (time.monotonic() - job.queued) * 1000.0
-            job.future.set_exception(
-                LimitExceeded(
-                    f"the request waited {waited:.0f} ms for the engine behind {len(self._heap)} queued runs "
-                    f"(max_queue_ms {self.max_queue_s * 1000.0:g}); retry with backoff"  # type: ignore[operator]
-                )
+            refused = LimitExceeded(
+                f"the request waited {waited:.0f} ms for the engine behind {len(self._heap)} queued runs "
+                f"(max_queue_ms {self.max_queue_s * 1000.0:g}); retry with backoff"  # type: ignore[operator]
             )
+            if job.spans is not None:
+                job.spans.finished(refused)
+            job.future.set_exception(refused)
 
     def _depth(self, labels: tuple[str, str], change: int) -> None:
         self.depths[labels] += change

@@ -89,7 +89,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     async def _score(self, request: pb.ScoreRequest, context: Context, info: RequestInfo) -> pb.ScoreResponse:
         call = convert.score_from_pb(request)
         async with self.registry.lease(request.model.name, request.model.version, info) as model:
-            return convert.score_to_pb(model, await model.score(call, _deadline(context)), info.request_id)
+            return convert.score_to_pb(model, await model.score(call, _deadline(context), info), info.request_id)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(

@@ -170,7 +170,7 @@ class DataPlane:
             unknown = sorted(set(outputs or ()) - set(known))
             if unknown:
                 raise InvalidArgument(f"model {name} has no output(s) {unknown}; its outputs are {known}")
-            produced, extra = await _run(model, kind, inputs, params, outputs, deadline)
+            produced, extra = await _run(model, kind, inputs, params, outputs, deadline, info)
             chosen = outputs if outputs else [n for n in known if n in produced]
             for output in chosen:
                 if output not in produced:
@@ -217,6 +217,7 @@ async def _run(
     params: dict[str, Param],
     outputs: list[str] | None,
     deadline: float | None,
+    info: RequestInfo,
 ) -> tuple[dict[str, np.ndarray], dict[str, Param]]:
     seed = int(params["seed"]) if "seed" in params else None
     if kind == "encode":
@@ -253,7 +254,7 @@ async def _run(
         target_se=_opt(params, "target_se", float),
         max_k=_opt(params, "max_k", int),
     )
-    scored = await model.score(call, deadline)
+    scored = await model.score(call, deadline, info)
     columns = scored.columns()
     produced = {c.v2_name: columns[c.name] for c in SCORE_COLUMNS if c.name in columns}
     for anomaly in scored.anomalies:

@@ -4,7 +4,8 @@ gRPC server's event loop, over the same data plane and the same request boundary
 JSON tensors carry `data` as flat row-major lists; the binary tensor extension (what
 tritonclient.http sends by default) puts the JSON header first, its length in the
 `Inference-Header-Content-Length` header, then each binary tensor's bytes in order.
-Errors are `{"error": message}` with the status code of the domain error.
+Errors are `{"error": message}` with the status code of the domain error. The routes are those of
+`routes.ROUTES`, which `GET /v2/openapi.json` describes and `GET /v2/docs` shows (apidocs.py).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from starlette.routing import Route
 
 from vaeserve.server.boundary.guard import AUTHORIZATION_KEY, REQUEST_ID_KEY, Guard, RequestInfo
 from vaeserve.server.errors import InvalidArgument, LimitExceeded
+from vaeserve.server.protocols.v2.apidocs import docs_handlers
 from vaeserve.server.protocols.v2.dataplane import DataPlane, Param, TensorSpec
+from vaeserve.server.protocols.v2.routes import HEADER_LENGTH, ROUTES
 from vaeserve.server.protocols.v2.tensors import DATATYPES, datatype_of, from_json, from_raw, to_json, to_raw
 
 __all__ = ["HttpServer", "create_app"]
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 Handler = Callable[[Request, RequestInfo], Awaitable[Response]]
 
 
@@ -103,6 +105,8 @@ def create_app(plane: DataPlane, guard: Guard, max_body_bytes: int) -> Starlette
                 request_id=headers.get(REQUEST_ID_KEY),
                 authorization=headers.get(AUTHORIZATION_KEY),
                 in_bytes=int(headers.get("content-length") or 0),
+                carrier=headers,
+                span_name=f"{request.method} {getattr(request.scope.get('route'), 'path_format', method)}",
             )
             with passage as info:
                 if info.refusal is None:
@@ -191,19 +195,17 @@ def create_app(plane: DataPlane, guard: Guard, max_body_bytes: int) -> Starlette
             b"".join([text, *blobs]), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))}
         )
 
-    model = "/v2/models/{name:str}"
-    versioned = model + "/versions/{version:str}"
-    routes = [
-        Route("/v2/health/live", route("ServerLive", live), methods=["GET"]),
-        Route("/v2/health/ready", route("ServerReady", ready), methods=["GET"]),
-        Route("/v2", route("ServerMetadata", server_metadata), methods=["GET"]),
-    ]
-    for base in (model, versioned):
-        routes += [
-            Route(base, route("ModelMetadata", model_metadata), methods=["GET"]),
-            Route(base + "/ready", route("ModelReady", model_ready), methods=["GET"]),
-            Route(base + "/infer", route("ModelInfer", infer), methods=["POST"]),
-        ]
+    handlers: dict[str, Handler] = {
+        "ServerLive": live,
+        "ServerReady": ready,
+        "ServerMetadata": server_metadata,
+        "ModelMetadata": model_metadata,
+        "ModelReady": model_ready,
+        "ModelInfer": infer,
+        **docs_handlers(plane, guard),
+    }
+    # The one route table, which the OpenAPI document describes too (routes.py).
+    routes = [Route(r.path, route(r.method, handlers[r.handler]), methods=[r.verb.upper()]) for r in ROUTES]
     return Starlette(routes=routes)
 
 
@@ -211,6 +213,7 @@ class HttpServer:
     """uvicorn serving the app on the running event loop; `port` is the bound one (0 picks a free one)."""
 
     def __init__(self, app: Starlette, host: str, port: int, grace_s: float, *, reuse_port: bool = False) -> None:
+        self.app = app
         self._sock = socket.create_server((host, port), reuse_port=reuse_port)
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
