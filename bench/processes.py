@@ -18,8 +18,9 @@ def free_port() -> int:
 
 
 class Process:
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        environment = {**os.environ, **env} if env else None
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
 
     def rss_mb(self, peak: bool = False) -> float:
         """Resident memory now (VmRSS) or at its peak so far (VmHWM), in MB."""
@@ -53,7 +54,7 @@ class Process:
 
 
 class VaeServer(Process):
-    def __init__(self, bundle: Path, *flags: str) -> None:
+    def __init__(self, bundle: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         script = Path(sys.executable).parent / "vaeserve-server"
         super().__init__(
@@ -71,7 +72,8 @@ class VaeServer(Process):
                 "--log-level",
                 "WARNING",
                 *flags,
-            ]
+            ],
+            env,
         )
         self.address = f"127.0.0.1:{self.port}"
         with Client(self.address, retries=0) as client:
