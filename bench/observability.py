@@ -47,15 +47,19 @@ class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-async def _load(target: str, payload: bytes, concurrency: int, seconds: float) -> LoadResult:
+async def _load(target: str, payload: bytes, concurrency: int, seconds: float) -> tuple[LoadResult, int]:
+    """The measured part of a closed loop, and every call made (warm-up included, for CPU per call)."""
+    made = 0
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(METHOD, None, None)
 
         async def once() -> object:
+            nonlocal made
+            made += 1
             return await call(payload)
 
         await closed_loop(once, concurrency, 0.2, warmup_s=0.2)
-        return await closed_loop(once, concurrency, seconds, warmup_s=0.2)
+        return await closed_loop(once, concurrency, seconds, warmup_s=0.2), made
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     payloads = {n: pb.ScoreRequest(x=codec.to_proto(digits[1500 : 1500 + n])).SerializeToString() for n in sizes}
     turns: dict[tuple[int, str], list[LoadResult]] = {}
     cpu: dict[tuple[int, str], float] = {}
+    calls: dict[tuple[int, str], int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-observability-") as work:
         log = str(Path(work) / "payload.jsonl")
         both = ["--tracing", "--payload-log"]
@@ -99,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             for n, (_, name) in itertools.product(sizes, itertools.product(range(args.rounds), servers)):
                 server, turn = servers[name], args.seconds / args.rounds
                 before = server.cpu_seconds()
-                result = asyncio.run(_load(server.address, payloads[n], args.concurrency, turn))
+                result, made = asyncio.run(_load(server.address, payloads[n], args.concurrency, turn))
                 cpu[n, name] = cpu.get((n, name), 0.0) + server.cpu_seconds() - before
+                calls[n, name] = calls.get((n, name), 0) + made
                 turns.setdefault((n, name), []).append(result)
         finally:
             for server in servers.values():
@@ -109,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     receiver.stop(None)
 
     results = {key: merge(r) for key, r in turns.items()}
-    # Calls made in a turn, warm-up included, for the server's CPU per call (its threads and exporters too).
-    calls = {key: sum(t.calls * (t.seconds + 0.4) / t.seconds for t in turns[key]) for key in turns}
     rows, goals = [], []
     for (n, name), r in results.items():
         off = results[n, "off"]
